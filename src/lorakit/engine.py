@@ -1,0 +1,232 @@
+"""Per-module machinery: the unfused ("sidecar") forward and the fused weight computation.
+
+A target module keeps its class, its parameters and its ``state_dict`` keys. lorakit adds a forward hook that adds
+the active adapters' contribution to the module's output. The hook reads a *combined* form of the active set that is
+rebuilt lazily whenever the manager's state version changes:
+
+* every low-rank contribution (LoRA/LoCon, Tucker folded in) is stacked into one ``down`` (R_total, in[, kh, kw]) and
+  one ``up`` (out, R_total) with each adapter's weight and alpha/rank folded into ``up``, so any number of active LoRAs
+  costs one pair of matmuls (or convolutions);
+* every other kind (LoHa, LoKr, full, DoRA) is summed into one dense delta;
+* bias deltas are summed into one vector.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ShapeMismatchError
+from .kinds import AdapterKind, DoRA, Full
+
+if TYPE_CHECKING:
+    from .manager import AdapterManager
+
+logger = logging.getLogger(__name__)
+
+#: module classes lorakit can patch, unfused and fused.
+SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)
+
+
+def is_supported(module: nn.Module) -> bool:
+    """Whether lorakit can attach adapters to this module."""
+    return isinstance(module, SUPPORTED_MODULES) and getattr(module, "weight", None) is not None
+
+
+def check_kind_fits(kind: AdapterKind, module: nn.Module, where: str) -> None:
+    """Raise :class:`ShapeMismatchError` unless ``kind`` fits ``module`` (shapes, module type)."""
+    if not is_supported(module):
+        raise ShapeMismatchError(f"{where}: module type {type(module).__name__} cannot take adapters")
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not isinstance(kind, Full):
+        raise ShapeMismatchError(f"{where}: only full deltas (w_norm/b_norm) apply to {type(module).__name__}")
+    kind.check_shape(module.weight.shape, where)
+    bias = kind.delta_bias()
+    if bias is not None and module.bias is None and not isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        raise ShapeMismatchError(f"{where}: adapter has a bias delta but the module has no bias")
+
+
+@dataclass(eq=False)
+class Combined:
+    """The active set of one module, ready for the forward hook (one device and dtype)."""
+
+    version: int
+    device: torch.device
+    dtype: torch.dtype
+    down: Tensor | None = None  # (R, in) or (R, in, kh, kw)
+    up: Tensor | None = None  # (out, R) or (out, R, 1, 1)
+    dense: Tensor | None = None  # weight-shaped
+    bias: Tensor | None = None  # (out,)
+
+    @property
+    def empty(self) -> bool:
+        return self.down is None and self.dense is None and self.bias is None
+
+
+Contribution = tuple[AdapterKind, float]
+
+
+def combine(
+    module: nn.Module,
+    original_weight: Tensor,
+    contributions: Iterable[Contribution],
+    device: torch.device,
+    dtype: torch.dtype,
+    version: int,
+) -> Combined:
+    """Build the :class:`Combined` form of ``contributions`` (kind, weight) for ``module``."""
+    downs: list[Tensor] = []
+    ups: list[Tensor] = []
+    dense: Tensor | None = None
+    bias: Tensor | None = None
+    base_shape = original_weight.shape
+    lowrank_ok = isinstance(module, nn.Linear) or (
+        isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+    )
+    for kind, weight in contributions:
+        if weight == 0.0:
+            continue
+        factors = kind.low_rank(base_shape) if lowrank_ok else None
+        if factors is not None:
+            d, u = factors
+            downs.append(d.to(device))
+            ups.append(u.to(device) * weight)
+        else:
+            delta = kind.delta_weight(original_weight.to(device)) * weight
+            dense = delta if dense is None else dense + delta
+        b = kind.delta_bias()
+        if b is not None:
+            b = b.to(device) * weight
+            bias = b if bias is None else bias + b
+    out = Combined(version=version, device=device, dtype=dtype)
+    if downs:
+        out.down = torch.cat(downs, 0).to(dtype)
+        up = torch.cat(ups, 1).to(dtype)
+        out.up = up if isinstance(module, nn.Linear) else up[:, :, None, None]
+    if dense is not None:
+        out.dense = dense.to(dtype)
+    if bias is not None:
+        out.bias = bias.to(dtype)
+    return out
+
+
+def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: float) -> Tensor:
+    """``y`` (the module's own output for input ``x``) plus the combined adapters' contribution."""
+    if isinstance(module, nn.Linear):
+        if c.down is not None:
+            h = F.linear(x, c.down)
+            if scale != 1.0:
+                h = h * scale
+            y = y + F.linear(h, c.up)
+        if c.dense is not None:
+            d = F.linear(x, c.dense)
+            y = y + (d * scale if scale != 1.0 else d)
+        if c.bias is not None:
+            y = y + (c.bias * scale if scale != 1.0 else c.bias)
+        return y
+    if isinstance(module, (nn.Conv2d, nn.Conv1d)):
+        conv = F.conv2d if isinstance(module, nn.Conv2d) else F.conv1d
+        if c.down is not None:
+            h = conv(x, c.down, None, module.stride, module.padding, module.dilation)
+            if scale != 1.0:
+                h = h * scale
+            y = y + conv(h, c.up)
+        if c.dense is not None:
+            d = module._conv_forward(x, c.dense, None)
+            y = y + (d * scale if scale != 1.0 else d)
+        if c.bias is not None:
+            b = c.bias * scale if scale != 1.0 else c.bias
+            y = y + b.reshape(1, -1, *([1] * (y.dim() - 2)))
+        return y
+    # Norm layers: the output is not linear in the weight delta's input, so recompute with patched affine params.
+    w = module.weight + (c.dense.reshape(module.weight.shape) * scale if c.dense is not None else 0)
+    b = module.bias
+    if c.bias is not None:
+        b = (b if b is not None else torch.zeros_like(c.bias)) + c.bias * scale
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(x, module.normalized_shape, w, b, module.eps)
+    return F.group_norm(x, module.num_groups, w, b, module.eps)
+
+
+class Slot:
+    """lorakit's state for one patched module: its hook, its original parameters while fused, its cache."""
+
+    __slots__ = ("path", "module", "manager", "handle", "cache", "original", "fused")
+
+    def __init__(self, path: str, module: nn.Module, manager: AdapterManager) -> None:
+        self.path = path
+        self.module = module
+        self.manager = manager
+        self.cache: Combined | None = None
+        # (weight, bias) tensors of the untouched module while fused weights are installed
+        self.original: tuple[Tensor, Tensor | None] | None = None
+        # (weight, bias) fused tensors while they are swapped out (adapters disabled)
+        self.fused: tuple[Tensor, Tensor | None] | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.cache = None
+
+    def original_weight(self) -> Tensor:
+        return self.original[0] if self.original is not None else self.module.weight.detach()
+
+    def original_bias(self) -> Tensor | None:
+        if self.original is not None:
+            return self.original[1]
+        b = self.module.bias
+        return None if b is None else b.detach()
+
+    def _hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        mgr = self.manager
+        if not mgr.unfused_active or not args:
+            return output
+        x = args[0]
+        c = self.cache
+        needs_grad = torch.is_grad_enabled() and mgr.trainable
+        if needs_grad or c is None or c.version != mgr.version or c.device != x.device or c.dtype != x.dtype:
+            c = mgr.build_combined(self, x.device, x.dtype, keep_graph=needs_grad)
+            if not needs_grad:
+                self.cache = c
+        if c.empty:
+            return output
+        return sidecar_output(module, x, output, c, mgr.call_scale)
+
+
+def fused_params(
+    slot: Slot, contributions: Iterable[Contribution], dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``W + Σ wᵢ·ΔWᵢ`` (and the bias) computed in fp32 from the original and cast once to the module's dtype."""
+    w0 = slot.original_weight()
+    b0 = slot.original_bias()
+    device = slot.module.weight.device
+    w0 = w0.to(device)
+    acc = w0.float().clone() if w0.dtype == torch.float32 else w0.float()
+    bacc: Tensor | None = None
+    for kind, weight in contributions:
+        if weight == 0.0:
+            continue
+        acc.add_(kind.to(device).delta_weight(w0), alpha=weight)
+        db = kind.delta_bias()
+        if db is not None:
+            db = db.to(device) * weight
+            bacc = db if bacc is None else bacc + db
+    out_dtype = dtype or slot.module.weight.dtype
+    new_w = acc.to(out_dtype)
+    new_b: Tensor | None = None
+    if bacc is not None:
+        base_b = b0.to(device) if b0 is not None else torch.zeros_like(bacc)
+        new_b = (base_b.float() + bacc).to(b0.dtype if b0 is not None else out_dtype)
+    return new_w, new_b
+
+
+def all_finite(tensors: Iterable[Tensor | None]) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
+
+
+ScaleFn = Callable[[str], float]

@@ -1,0 +1,97 @@
+"""Typed errors raised by lorakit.
+
+Every error derives from :class:`LorakitError`, so callers can catch one type. Messages are one line, name the
+file / key / module involved and summarise long lists (counts, first few items, closest matches) instead of
+dumping them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "LorakitError",
+    "FormatError",
+    "UnsafeFileError",
+    "KeyMismatchError",
+    "ShapeMismatchError",
+    "DTypeError",
+    "AdapterNotFoundError",
+    "AdapterExistsError",
+    "FusedStateError",
+    "NonFiniteError",
+    "DeviceError",
+    "HotswapError",
+    "UnsupportedPipelineError",
+    "summarize",
+    "closest",
+]
+
+
+def summarize(items: Iterable[object], limit: int = 5) -> str:
+    """Return ``"a, b, c (+N more)"`` for a possibly long collection."""
+    seq = [str(i) for i in items]
+    head = ", ".join(seq[:limit])
+    more = len(seq) - limit
+    return f"{head} (+{more} more)" if more > 0 else head
+
+
+def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    """Closest names by difflib ratio, for "did you mean" hints."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+
+
+class LorakitError(Exception):
+    """Base class of every error lorakit raises on purpose."""
+
+
+class FormatError(LorakitError, ValueError):
+    """A file or state dict is not a readable adapter checkpoint (bad bytes, unknown layout, bad header)."""
+
+
+class UnsafeFileError(LorakitError):
+    """A file would need arbitrary code execution to be read (a pickle with code objects)."""
+
+
+class KeyMismatchError(LorakitError, KeyError):
+    """Checkpoint keys do not land on modules of the model (zero matches, or strict mode with leftovers)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class ShapeMismatchError(LorakitError, ValueError):
+    """An adapter tensor's shape does not fit the target module or the other tensors of its adapter."""
+
+
+class DTypeError(LorakitError, TypeError):
+    """A tensor has a dtype an adapter cannot use (integer, bool) or a value is not a tensor."""
+
+
+class AdapterNotFoundError(LorakitError, ValueError):
+    """An adapter name is not loaded."""
+
+
+class AdapterExistsError(LorakitError, ValueError):
+    """An adapter name is already loaded."""
+
+
+class FusedStateError(LorakitError, RuntimeError):
+    """An operation does not fit the current fused / unfused state."""
+
+
+class NonFiniteError(LorakitError, ValueError):
+    """Fusing would write NaN or Inf values (raised by ``safe_fusing`` before anything is written)."""
+
+
+class DeviceError(LorakitError, RuntimeError):
+    """A device does not exist or cannot be used."""
+
+
+class HotswapError(LorakitError, ValueError):
+    """A hotswap cannot replace the loaded adapter in place."""
+
+
+class UnsupportedPipelineError(LorakitError, TypeError):
+    """``attach`` was given a pipeline of a family lorakit does not know."""

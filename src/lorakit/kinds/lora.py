@@ -1,0 +1,63 @@
+"""LoRA / LoCon: ``ΔW = (alpha / r) · up @ down``, with an optional Tucker core ``mid`` for k×k convolutions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .base import AdapterKind, alpha_scale, f32
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoRA(AdapterKind):
+    """Low-rank adapter.
+
+    Shapes: Linear ``down (r, in)``, ``up (out, r)``; Conv2d ``down (r, in, kh, kw)`` (carries the layer's
+    stride/padding), ``up (out, r, 1, 1)``; Tucker ``down (r, in, 1, 1)``, ``mid (r, r, kh, kw)``, ``up (out, r, 1, 1)``.
+    ``bias`` is an optional output-bias delta (PEFT ``lora_B.bias``), scaled like the weight delta.
+
+    Example:
+        >>> k = LoRA(down=torch.ones(2, 3), up=torch.ones(4, 2), alpha=1.0)
+        >>> k.delta_weight(torch.zeros(4, 3))[0, 0].item()
+        1.0
+    """
+
+    down: Tensor
+    up: Tensor
+    alpha: float | None = None
+    mid: Tensor | None = None
+    bias: Tensor | None = None
+
+    kind_name = "lora"
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return alpha_scale(self.alpha, self.rank)
+
+    def effective_down(self) -> Tensor:
+        """``down`` with the Tucker core folded in: ``(r, in, kh, kw)`` for Tucker files, else ``down`` (fp32)."""
+        if self.mid is None:
+            return f32(self.down)
+        return torch.einsum("abyx,bi->aiyx", f32(self.mid), f32(self.down).flatten(1))
+
+    def delta_weight(self, base: Tensor) -> Tensor:
+        down = self.effective_down().flatten(1)
+        up = f32(self.up).flatten(1)
+        return (up @ down).mul_(self.scale).reshape(base.shape)
+
+    def delta_bias(self) -> Tensor | None:
+        return None if self.bias is None else f32(self.bias) * self.scale
+
+    def low_rank(self, base_shape: torch.Size) -> tuple[Tensor, Tensor]:
+        down = self.effective_down()
+        if len(base_shape) == 2:
+            down = down.flatten(1)
+        elif down.dim() == 2:  # a Linear-shaped factor on a conv: only valid for 1×1 kernels
+            down = down.reshape(down.shape[0], *base_shape[1:])
+        return down, f32(self.up).flatten(1) * self.scale
