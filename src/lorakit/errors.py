@@ -24,6 +24,8 @@ __all__ = [
     "DeviceError",
     "HotswapError",
     "UnsupportedPipelineError",
+    "SourceNotFoundError",
+    "DestinationExistsError",
     "summarize",
     "closest",
 ]
@@ -95,3 +97,11 @@ class HotswapError(LorakitError, ValueError):
 
 class UnsupportedPipelineError(LorakitError, TypeError):
     """``attach`` was given a pipeline of a family lorakit does not know."""
+
+
+class SourceNotFoundError(LorakitError, FileNotFoundError):
+    """A file, folder, hub repository or file inside a repository does not exist (or is not in the offline cache)."""
+
+
+class DestinationExistsError(LorakitError, FileExistsError):
+    """A write would replace an existing file (pass ``overwrite=True``) or the destination is not usable."""
