@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ShapeMismatchError
-from .kinds import AdapterKind, DoRA, Full
+from .kinds import AdapterKind, Full
 
 if TYPE_CHECKING:
     from .manager import AdapterManager

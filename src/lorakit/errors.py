@@ -40,8 +40,12 @@ def summarize(items: Iterable[object], limit: int = 5) -> str:
 
 
 def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
-    """Closest names by difflib ratio, for "did you mean" hints."""
-    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    """Closest names by difflib ratio (case-insensitive), for "did you mean" hints."""
+    by_lower: dict[str, str] = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    hits = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
+    return [by_lower[h] for h in hits]
 
 
 class LorakitError(Exception):

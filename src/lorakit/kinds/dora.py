@@ -47,7 +47,7 @@ class DoRA(AdapterKind):
         w = f32(base)
         v = w + self.inner.delta_weight(base)
         dims = tuple(range(1, v.dim())) if self.axis == "out" else (0, *range(2, v.dim()))
-        norm = v.norm(dim=dims, keepdim=True) + DORA_EPS
+        norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True) + DORA_EPS
         mag = f32(self.magnitude)
         if mag.numel() != norm.numel():
             raise ShapeMismatchError(
