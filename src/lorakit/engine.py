@@ -62,10 +62,13 @@ class Combined:
     up: Tensor | None = None  # (out, R) or (out, R, 1, 1)
     dense: Tensor | None = None  # weight-shaped
     bias: Tensor | None = None  # (out,)
+    # "merged" strategy: the module's weight/bias with the active set folded in (original dtype)
+    merged_weight: Tensor | None = None
+    merged_bias: Tensor | None = None
 
     @property
     def empty(self) -> bool:
-        return self.down is None and self.dense is None and self.bias is None
+        return self.down is None and self.dense is None and self.bias is None and self.merged_weight is None
 
 
 Contribution = tuple[AdapterKind, float]
@@ -156,7 +159,7 @@ def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: 
 class Slot:
     """lorakit's state for one patched module: its hook, its original parameters while fused, its cache."""
 
-    __slots__ = ("path", "module", "manager", "handle", "cache", "original", "fused")
+    __slots__ = ("path", "module", "manager", "handle", "pre_handle", "cache", "original", "fused", "swapped")
 
     def __init__(self, path: str, module: nn.Module, manager: AdapterManager) -> None:
         self.path = path
@@ -167,9 +170,14 @@ class Slot:
         self.original: tuple[Tensor, Tensor | None] | None = None
         # (weight, bias) fused tensors while they are swapped out (adapters disabled)
         self.fused: tuple[Tensor, Tensor | None] | None = None
-        self.handle = module.register_forward_hook(self._hook)
+        # (weight, bias) tensors put aside while a merged weight serves one call ("merged" strategy)
+        self.swapped: tuple[Tensor, Tensor | None] | None = None
+        self.pre_handle = module.register_forward_pre_hook(self._pre_hook)
+        # always_call: the original tensors come back even when the forward raises
+        self.handle = module.register_forward_hook(self._hook, always_call=True)
 
     def remove(self) -> None:
+        self.pre_handle.remove()
         self.handle.remove()
         self.cache = None
 
@@ -182,28 +190,62 @@ class Slot:
         b = self.module.bias
         return None if b is None else b.detach()
 
-    def _hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    def _combined(self, x: Tensor, merged: bool) -> Combined:
         mgr = self.manager
-        if not mgr.unfused_active or not args:
-            return output
-        x = args[0]
         c = self.cache
         needs_grad = torch.is_grad_enabled() and mgr.trainable
         if needs_grad or c is None or c.version != mgr.version or c.device != x.device or c.dtype != x.dtype:
-            c = mgr.build_combined(self, x.device, x.dtype, keep_graph=needs_grad)
+            c = mgr.build_combined(self, x.device, x.dtype, keep_graph=needs_grad, merged=merged)
             if not needs_grad:
                 self.cache = c
-        if c.empty:
+        return c
+
+    def _use_merged(self) -> bool:
+        mgr = self.manager
+        return mgr.unfused_strategy == "merged" and mgr.call_scale == 1.0 and not mgr.trainable
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        if not self.manager.unfused_active or not args or not self._use_merged():
+            return None
+        c = self._combined(args[0], merged=True)
+        if c.merged_weight is not None:
+            # serve this call with W + Σ s·ΔW; the original tensors come back in the post-hook (pointer swaps)
+            self.swapped = (module.weight.data, None if module.bias is None else module.bias.data)
+            module.weight.data = c.merged_weight
+            if c.merged_bias is not None:
+                module.bias.data = c.merged_bias
+        return None
+
+    def _hook(self, module: nn.Module, args: tuple, output: Tensor | None) -> Tensor | None:
+        if self.swapped is not None:
+            module.weight.data = self.swapped[0]
+            if self.swapped[1] is not None:
+                module.bias.data = self.swapped[1]
+            self.swapped = None
+            return output
+        mgr = self.manager
+        if output is None or not mgr.unfused_active or not args:
+            return output
+        x = args[0]
+        c = self._combined(x, merged=False)
+        if c.empty or c.merged_weight is not None:
             return output
         return sidecar_output(module, x, output, c, mgr.call_scale)
 
 
 def fused_params(
-    slot: Slot, contributions: Iterable[Contribution], dtype: torch.dtype | None = None
+    slot: Slot,
+    contributions: Iterable[Contribution],
+    dtype: torch.dtype | None = None,
+    base: tuple[Tensor, Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """``W + Σ wᵢ·ΔWᵢ`` (and the bias) computed in fp32 from the original and cast once to the module's dtype."""
-    w0 = slot.original_weight()
-    b0 = slot.original_bias()
+    """``W + Σ wᵢ·ΔWᵢ`` (and the bias) computed in fp32 from the original and cast once to the module's dtype.
+
+    ``base`` replaces the original as the starting point (the merged strategy starts from the fused weights); deltas
+    that depend on the weight (DoRA) always see the original.
+    """
+    w_orig = slot.original_weight().to(slot.module.weight.device)
+    w0, b0 = base if base is not None else (slot.original_weight(), slot.original_bias())
     device = slot.module.weight.device
     w0 = w0.to(device)
     acc = w0.float().clone() if w0.dtype == torch.float32 else w0.float()
@@ -211,7 +253,7 @@ def fused_params(
     for kind, weight in contributions:
         if weight == 0.0:
             continue
-        acc.add_(kind.to(device).delta_weight(w0), alpha=weight)
+        acc.add_(kind.to(device).delta_weight(w_orig), alpha=weight)
         db = kind.delta_bias()
         if db is not None:
             db = db.to(device) * weight

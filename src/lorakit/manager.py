@@ -61,6 +61,10 @@ def resolve_device(device: torch.device | str | int) -> torch.device:
     return dev
 
 
+def _bias_data(module: nn.Module) -> Tensor | None:
+    return None if module.bias is None else module.bias.data
+
+
 def _as_weight_fn(weight: Weight) -> Callable[[str], float]:
     if callable(weight):
         return weight
@@ -94,6 +98,11 @@ class AdapterManager:
         #: call-time scale (cross_attention_kwargs={"scale": s}); multiplies unfused contributions only
         self.call_scale: float = 1.0
         self.trainable: bool = False
+        #: how unfused adapters are applied: "lowrank" (stacked low-rank matmuls after the base layer, no extra
+        #: weight memory) or "merged" (a cached W + Σ s·ΔW per module serves the call at fused speed; the original
+        #: tensors stay untouched; costs one weight copy per patched module; not for torch.compile or threads
+        #: sharing the model)
+        self.unfused_strategy: str = "lowrank"
         #: per adapter, whatever the loader wants to keep (load report, metadata, source)
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()
@@ -283,7 +292,19 @@ class AdapterManager:
         return float(w(path)) if callable(w) else float(w)
 
     # ------------------------------------------------------------------ unfused path
-    def build_combined(self, slot: Slot, device: torch.device, dtype: torch.dtype, keep_graph: bool) -> Combined:
+    def set_unfused_strategy(self, strategy: str) -> None:
+        """Choose how unfused adapters run: ``"lowrank"`` (default) or ``"merged"`` (see ``unfused_strategy``)."""
+        if strategy not in ("lowrank", "merged"):
+            from .errors import LorakitError
+
+            raise LorakitError(f"unknown unfused strategy {strategy!r}; use 'lowrank' or 'merged'")
+        with self.lock:
+            self.unfused_strategy = strategy
+            self._bump()
+
+    def build_combined(
+        self, slot: Slot, device: torch.device, dtype: torch.dtype, keep_graph: bool, merged: bool = False
+    ) -> Combined:
         contributions = []
         for name in self.active:
             if name in self.fused:
@@ -292,6 +313,14 @@ class AdapterManager:
             if kind is not None:
                 contributions.append((kind, self.weight_of(name, slot.path)))
         original = slot.original_weight()
+        if merged:
+            with torch.no_grad():
+                c = Combined(version=self.version, device=device, dtype=dtype)
+                if any(w != 0.0 for _, w in contributions):
+                    # on top of what the module holds now (fused adapters included), never of the original
+                    w, b = fused_params(slot, contributions, base=(slot.module.weight.data, _bias_data(slot.module)))
+                    c.merged_weight, c.merged_bias = w, b
+                return c
         if keep_graph:
             return combine(slot.module, original, contributions, device, dtype, self.version)
         with torch.no_grad():

@@ -383,3 +383,26 @@ def test_dora_strength_is_linear_interpolation() -> None:
     v = w0 + inner.delta_weight(w0).double()
     full = w0.norm(dim=1, keepdim=True) * 1.2 * v / (v.norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
     assert torch.allclose(model.proj.weight, w0 + 0.5 * (full - w0), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_strategy_matches_lowrank_and_never_touches_weights(dtype: torch.dtype) -> None:
+    model = make_model(dtype)
+    snap = snapshot(model)
+    mgr = AdapterManager(model)
+    mgr.add_adapter("a", adapter(1))
+    mgr.add_adapter("b", adapter(2))
+    mgr.set_adapters(["a", "b"], [0.6, 0.9])
+    lowrank = model(X.to(dtype)).float()
+    mgr.set_unfused_strategy("merged")
+    merged = model(X.to(dtype)).float()
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    assert (merged - lowrank).abs().max() <= tol * lowrank.abs().max()
+    assert_bit_identical(model, snap)  # the originals are back after every call
+    mgr.fuse(["a"])  # merged on top of fused weights: b only
+    assert (model(X.to(dtype)).float() - lowrank).abs().max() <= tol * lowrank.abs().max()
+    mgr.unfuse()
+    assert_bit_identical(model, snap)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 3, 5, 5, dtype=dtype))  # wrong channels: the forward raises mid-way
+    assert_bit_identical(model, snap)
