@@ -7,6 +7,14 @@ import logging
 from . import errors, kinds
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .manager import AdapterManager, get_manager
+from .pipelines import (
+    AmusedLoraLoaderMixin,
+    LoraBaseMixin,
+    SD3LoraLoaderMixin,
+    StableDiffusionLoraLoaderMixin,
+    StableDiffusionXLLoraLoaderMixin,
+    attach,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -15,11 +23,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterKind",
     "AdapterManager",
+    "AmusedLoraLoaderMixin",
     "DoRA",
     "Full",
     "LoHa",
     "LoKr",
     "LoRA",
+    "LoraBaseMixin",
+    "SD3LoraLoaderMixin",
+    "StableDiffusionLoraLoaderMixin",
+    "StableDiffusionXLLoraLoaderMixin",
+    "attach",
     "errors",
     "get_manager",
     "kinds",
