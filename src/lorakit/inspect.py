@@ -354,6 +354,10 @@ def guess_family(
 
 
 # ----------------------------------------------------------------------------------------------- coverage
+def _prefixes(sd: Mapping[str, Any]) -> list[str]:
+    return sorted({k.split(".", 1)[0] for k in sd if "." in k})
+
+
 def _components_of(model: Any, components: Mapping[str, nn.Module] | None, file_components: list[str]) -> dict[str, nn.Module]:
     if components is not None:
         return {k: v for k, v in components.items() if isinstance(v, nn.Module)}
@@ -427,8 +431,65 @@ def coverage(
     return out
 
 
+def coverage_from_report(
+    report: Any, file_counts: Mapping[str, int], components: Mapping[str, nn.Module]
+) -> dict[str, Any]:
+    """Coverage per component from a :class:`lorakit.report.LoadReport` of a conversion against ``components``."""
+    from . import report as R
+
+    skipped_by_comp: dict[str, list[Any]] = {}
+    for s in report.skipped:
+        comp = s.component
+        if comp is None:
+            found = re.search(r"has no (\w+)", s.detail or "")
+            comp = found.group(1) if found else "(unassigned)"
+        skipped_by_comp.setdefault(comp, []).append(s)
+    out: dict[str, Any] = {}
+    for comp in sorted(set(file_counts) | set(report.components) | set(skipped_by_comp)):
+        crep = report.components.get(comp)
+        matched = crep.matched_modules if crep is not None else 0
+        skipped = skipped_by_comp.get(comp, [])
+
+        def modules_for(*reasons: str, _sk: list[Any] = skipped) -> set[str]:
+            return {s.module or s.key for s in _sk if s.reason in reasons}
+
+        absent = modules_for(R.NO_SUCH_MODULE, R.COMPONENT_ABSENT)
+        bad = modules_for(R.SHAPE_MISMATCH)
+        other = modules_for(*(r for r in R.REASONS if r not in (R.NO_SUCH_MODULE, R.COMPONENT_ABSENT, R.SHAPE_MISMATCH)))
+        entry: dict[str, Any] = {
+            "modules": max(file_counts.get(comp, 0), matched + len(absent) + len(bad) + len(other)),
+            "matched": matched,
+            "not_in_model": len(absent),
+            "shape_mismatch": len(bad),
+            "other_skipped": len(other),
+            "skipped_keys": dict(Counter(s.reason for s in skipped)),
+        }
+        if comp not in components and comp != "(unassigned)":
+            entry["error"] = f"component {comp!r} is not in the model (has {summarize(sorted(components)) or 'none'})"
+        examples = [s for s in skipped if s.reason != R.SHAPE_MISMATCH][:3]
+        if examples:
+            entry["missing_examples"] = [s.key for s in examples]
+            entry["closest"] = {s.key: list(s.closest) for s in examples if s.closest}
+        mism = [s for s in skipped if s.reason == R.SHAPE_MISMATCH][:3]
+        if mism:
+            entry["mismatch_examples"] = [f"{s.key}: {s.detail}" for s in mism]
+        out[comp] = entry
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- inspect
+_FAMILY_DISPLAY = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "amused": "aMUSEd"}
+
 def _alpha_source(state_keys: list[str], metadata: Mapping[str, str], report: Any) -> str:
+    if isinstance(report, Mapping) and isinstance(report.get("components"), Mapping):
+        per = {
+            c: v.get("alpha_source")
+            for c, v in report["components"].items()
+            if isinstance(v, Mapping) and v.get("alpha_source") and v.get("alpha_source") != "none"
+        }
+        if per:
+            values = set(per.values())
+            return next(iter(values)) if len(values) == 1 else "; ".join(f"{c}: {a}" for c, a in per.items())
     if isinstance(report, Mapping):
         for key in ("alpha_source", "alpha_sources"):
             if key in report and report[key]:
@@ -501,8 +562,18 @@ def inspect(
     dtypes = Counter(_dtype_name(t.dtype) for t in sd.values())
     num_params = sum(t.numel() for t in sd.values())
 
+    conv_report: Any = None
+    adapters: Mapping[str, Mapping[str, Any]] = {}
+    fmt = "unknown"
     try:
         conv = formats.to_canonical(sd, metadata, None, source=name)
+    except ShapeMismatchError as exc:
+        # the keys do not fit the reference model of the family they look like: still describe the file
+        conv_report = getattr(exc, "report", None)
+        if conv_report is None:
+            raise
+        warnings.append(f"the keys do not all fit the reference model of their family: {exc}")
+        fmt = getattr(conv_report, "format", "unknown")
     except LorakitError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converter that cannot run on meta tensors: read everything
@@ -513,12 +584,39 @@ def inspect(
         sd, metadata = lio.read_file(path, display=name)
         header_only = False
         conv = formats.to_canonical(sd, metadata, None, source=name)
+        adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
+    else:
+        adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
+
+    ref_family = getattr(conv_report, "family", None) if adapters else None
+    cov = None
+    comp_models = _components_of(model, components, list(adapters) or _prefixes(sd))
+    if comp_models:
+        placed_adapters: Mapping[str, Mapping[str, Any]] | None = None
+        try:
+            placed = formats.to_canonical(sd, metadata, comp_models, source=name)
+            placed_report: Any = placed.report
+            placed_adapters = placed.adapters
+        except LorakitError as exc:
+            placed_report = getattr(exc, "report", None)
+            if placed_report is None:
+                cov = {"(all)": {"modules": len(sd), "matched": 0, "error": str(exc)}}
+        if not adapters and placed_adapters:  # the file fits the model but not the reference: describe it from here
+            adapters, conv_report = placed_adapters, placed_report
+        if cov is None:
+            counts = {c: len(m) for c, m in adapters.items()}
+            if placed_report is not None and hasattr(placed_report, "components") and hasattr(placed_report, "skipped"):
+                cov = coverage_from_report(placed_report, counts, comp_models)
+            elif placed_adapters is not None:
+                cov = coverage(placed_adapters, comp_models, counts)
+            if placed_report is not None:
+                conv_report = placed_report
 
     kinds: Counter[str] = Counter()
     comps: dict[str, int] = {}
     ranks: Counter[int] = Counter()
     alphas: Counter[str] = Counter()
-    for comp, mapping in conv.adapters.items():
+    for comp, mapping in adapters.items():
         comps[comp] = len(mapping)
         for kind in mapping.values():
             inner = getattr(kind, "inner", None)
@@ -528,23 +626,22 @@ def inspect(
                 ranks[int(rank)] += 1
             alpha = getattr(kind, "alpha", None)
             alphas["none" if alpha is None else f"{float(alpha):g}"] += 1
+    if not adapters and conv_report is not None:  # partial description from the report
+        for comp, crep in getattr(conv_report, "components", {}).items():
+            comps[comp] = crep.matched_modules
+            kinds.update(crep.kinds)
+            ranks.update({int(r): n for r, n in crep.ranks.items()})
 
     family, evidence = guess_family(shapes, metadata)
-    report_dict = _report_dict(conv.report)
-
-    cov = None
-    comp_models = _components_of(model, components, list(conv.adapters))
-    if comp_models:
-        try:
-            placed = formats.to_canonical(sd, metadata, comp_models, source=name)
-            cov = coverage(placed.adapters, comp_models, comps)
-            report_dict = _report_dict(placed.report)
-        except LorakitError as exc:
-            cov = {c: {"modules": n, "matched": 0, "error": str(exc)} for c, n in comps.items()}
-
+    resolved = ref_family
+    if resolved and (family == "unknown" or not evidence.startswith(("cross-attention", "modelspec", "ss_"))):
+        shown = _FAMILY_DISPLAY.get(str(resolved), str(resolved))
+        if shown != family:
+            family, evidence = shown, f"keys resolved against the {shown} reference model"
+    report_dict = _report_dict(conv_report)
     return InspectReport(
         source=name,
-        format=conv.format,
+        format=fmt,
         family=family,
         family_evidence=evidence,
         kinds=dict(kinds.most_common()),

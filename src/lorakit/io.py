@@ -58,7 +58,7 @@ WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _NOT_LORA = ("scheduler", "optimizer", "training_state", "random_states", "scaler")
 #: the sidecar config of ``PeftModel.save_pretrained`` and the metadata key it is returned under
 PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_CONFIG_METADATA_KEY = "peft_adapter_config"
+PEFT_CONFIG_METADATA_KEY = "adapter_config"
 
 #: a header larger than this is not a LoRA header (safetensors itself caps it at 100 MB)
 _MAX_HEADER = 100_000_000
@@ -149,15 +149,15 @@ def file_kind(path: str | os.PathLike[str]) -> str:
         return "gguf"
     if head.startswith(b"version https://git-lfs"):
         return "lfs-pointer"
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = struct.unpack("<Q", head[:8])[0]
+        if 2 <= n <= _MAX_HEADER:
+            return "safetensors"
     if _looks_like_html(head):
         return "html"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped[:1] in (b"{", b"["):
         return "json"
-    if len(head) >= 9 and head[8:9] == b"{":
-        n = struct.unpack("<Q", head[:8])[0]
-        if 2 <= n <= _MAX_HEADER:
-            return "safetensors"
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return "pickle"
     return "unknown"
@@ -305,7 +305,9 @@ def _read_pickle(path: str, display: str) -> tuple[dict[str, Tensor], dict[str, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" chatter
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            # a file object, not the path: torch routes some extensions (.safetensors) to other readers
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"GLOBAL (\S+)", text)
@@ -378,7 +380,7 @@ def read_file(path: str | os.PathLike[str], *, display: str | None = None) -> tu
 
     Returns:
         ``(state_dict, metadata)``; metadata is the safetensors ``__metadata__`` (empty for pickles), plus
-        ``peft_adapter_config`` (the JSON text of ``adapter_config.json``) for a raw PEFT ``adapter_model.*`` file
+        ``adapter_config`` (the JSON text of ``adapter_config.json``) for a raw PEFT ``adapter_model.*`` file
         that has one beside it.
 
     Raises:

@@ -186,7 +186,7 @@ def test_peft_sidecar_config(tmp_path: Path) -> None:
     cfg = {"r": 2, "lora_alpha": 8, "target_modules": ["x"]}
     (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
     _, meta, _ = read_source(tmp_path)
-    assert json.loads(meta["peft_adapter_config"]) == cfg
+    assert json.loads(meta["adapter_config"]) == cfg
 
 
 # ----------------------------------------------------------------------------------------------- bad files
