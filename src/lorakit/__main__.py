@@ -1,6 +1,6 @@
-"""``python -m lorakit``: the command line (placeholder until the CLI lands: runs the engine demo)."""
+"""``python -m lorakit``: the ``lorakit`` command line (see :mod:`lorakit.cli`)."""
 
-from .demo_engine import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())
