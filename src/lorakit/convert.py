@@ -15,13 +15,16 @@ import logging
 import os
 import sys
 import types
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from . import formats
 from . import io as lio
-from .errors import DestinationExistsError, FormatError
+from .errors import DestinationExistsError, FormatError, ShapeMismatchError
 from .inspect import InspectReport, _jsonable, guess_family
 from .inspect import inspect as inspect_file
 from .save import _DEFAULT_NAMES, save_safetensors
@@ -75,6 +78,7 @@ def convert(
     *,
     overwrite: bool = False,
     family: str | None = None,
+    components: Mapping[str, nn.Module] | None = None,
     **read_kwargs: Any,
 ) -> ConvertReport:
     """Convert an adapter file to another layout and write it as safetensors.
@@ -87,6 +91,9 @@ def convert(
         overwrite: replace an existing ``dst``.
         family: base family for layouts whose names depend on it (``"sd1"``, ``"sdxl"``, ``"sd3"``, ...); guessed
             from the source (metadata, names, shapes) when omitted.
+        components: optional ``{component: nn.Module}`` to resolve module names against (for models whose sizes
+            differ from the family's reference model, e.g. tiny test models); by default names are resolved against
+            the reference model of the family guessed from the file.
         **read_kwargs: forwarded to :func:`lorakit.io.read_source` (``weight_name``, ``subfolder``, ``revision``, ...).
 
     Returns:
@@ -105,10 +112,17 @@ def convert(
         raise DestinationExistsError(f"{target}: already exists; pass overwrite=True to replace it")
 
     state_dict, metadata, name = lio.read_source(src, **read_kwargs)
-    conv = formats.to_canonical(state_dict, metadata, None, source=name)
+    try:
+        conv = formats.to_canonical(state_dict, metadata, components, source=name)
+    except ShapeMismatchError as exc:
+        if components is not None:
+            raise
+        raise ShapeMismatchError(
+            f"{exc} (convert resolves names against the family's reference model; pass components= for other sizes)"
+        ) from None
     if family is None:
         guessed, _ = guess_family({k: tuple(t.shape) for k, t in state_dict.items()}, metadata)
-        family = _FAMILY_ARG.get(guessed)
+        family = _FAMILY_ARG.get(guessed) or getattr(conv.report, "family", None)
     out_sd, out_meta = formats.from_canonical(conv.adapters, to, family=family)
     if not out_sd:
         raise FormatError(f"{name}: conversion to {to} produced no tensors")
@@ -130,7 +144,7 @@ def convert(
         modules={c: len(m) for c, m in conv.adapters.items()},
         tensors_in=len(state_dict),
         tensors_out=len(out_sd),
-        result=inspect_file(target),
+        result=inspect_file(target, components=components),
     )
 
 
