@@ -1,0 +1,81 @@
+"""Files written by lycoris-lora's kohya-style network API give the same outputs through lorakit as through the
+LyCORIS modules' own forward (not ``merge_to``, which applies alpha/r twice for LoHa/LoKr: formats.md §11)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from formats_models import assert_close, clip_inputs, output, tiny_clip, tiny_unet, unet_inputs
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lorakit.formats import to_canonical
+from lorakit.manager import AdapterManager
+
+pytest.importorskip("lycoris")
+
+#: (algo kwargs, expected canonical kinds)
+CASES: dict[str, tuple[dict, set[str]]] = {
+    "locon": (dict(algo="locon", conv_dim=3, conv_alpha=1.5), {"lora"}),
+    "loha": (dict(algo="loha", conv_dim=2, conv_alpha=3), {"loha"}),
+    "lokr": (dict(algo="lokr", conv_dim=2, conv_alpha=1, factor=2), {"lokr"}),
+    "lokr-decompose": (dict(algo="lokr", factor=-1, decompose_both=True), {"lokr"}),
+    "tucker-locon": (dict(algo="locon", conv_dim=3, conv_alpha=2, use_tucker=True), {"lora"}),
+    "tucker-loha": (dict(algo="loha", conv_dim=2, conv_alpha=1, use_tucker=True), {"loha"}),
+    "dora-out": (dict(algo="locon", conv_dim=2, conv_alpha=1, dora_wd=True), {"dora"}),
+    "dora-in": (dict(algo="lora", dora_wd=True, wd_on_output=False), {"dora"}),
+    "loha-dora": (dict(algo="loha", dora_wd=True), {"dora"}),
+    "full": (dict(algo="full"), {"full"}),
+}
+
+
+#: LyCORIS' "full" preset restricted to the SD classes (its Anima "TimestepEmbedding" entry duplicates time_embedding)
+PRESET = """
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+"""
+
+
+def _randomize(network: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            if name.endswith("dora_scale"):
+                p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lycoris_kohya_network_file(tmp_path, case):
+    from lycoris import kohya
+
+    kwargs, kinds = CASES[case]
+    unet, te = tiny_unet("sd1"), tiny_clip(False)
+    ref_unet, ref_te = copy.deepcopy(unet), copy.deepcopy(te)
+    preset = tmp_path / "preset.toml"
+    preset.write_text(PRESET)
+    network = kohya.create_network(1.0, 4, 2.0, None, ref_te, ref_unet, preset=str(preset), **kwargs)
+    network.apply_to(ref_te, ref_unet, apply_text_encoder=True, apply_unet=True)
+    _randomize(network, 11)
+    path = str(tmp_path / "lyco.safetensors")
+    network.save_weights(path, torch.float32, {"ss_network_module": "lycoris.kohya"})
+    sd = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    conv = to_canonical(sd, meta, {"unet": unet, "text_encoder": te}, source=case)
+    assert not conv.report.skipped, conv.report.summary()
+    assert set(conv.report.components["unet"].kinds) == kinds
+    u_in, t_in = unet_inputs(unet), clip_inputs()
+    before_u, before_t = output(unet, u_in), output(te, t_in)
+    with torch.no_grad():
+        ref_u, ref_t = output(ref_unet, u_in), output(ref_te, t_in)
+    AdapterManager(unet).add_adapter("a", conv.adapters["unet"])
+    AdapterManager(te).add_adapter("a", conv.adapters["text_encoder"])
+    assert_close(output(unet, u_in), ref_u, before_u)
+    assert_close(output(te, t_in), ref_t, before_t)
