@@ -428,9 +428,15 @@ def cmd_convert(args: argparse.Namespace, console: Console) -> int:
         from .convert import convert
     except ImportError as exc:
         raise CliError(f"this lorakit build has no converter (lorakit.convert: {exc})") from None
+    from .errors import DestinationExistsError
+
     with console.step(f"converted {args.file} to {args.to}"):
-        report = convert(args.file, args.output, to=args.to, overwrite=args.force, family=args.family,
-                         weight_name=args.weight_name)
+        try:
+            report = convert(args.file, args.output, to=args.to, overwrite=args.force, family=args.family,
+                             weight_name=args.weight_name)
+        except DestinationExistsError as exc:
+            where = str(exc).split(":")[0] or args.output
+            raise DestinationExistsError(f"{where}: already exists; pass --force to overwrite it") from exc
     if args.json:
         console.result(json.dumps(report.to_dict(), indent=2))
     else:

@@ -134,6 +134,7 @@ def strip_tags(prompt: str) -> str:
     """Remove every ``<lora:...>`` tag and tidy the whitespace and commas the removal leaves behind."""
     out = _TAG.sub(" ", prompt)
     out = re.sub(r"[ \t]{2,}", " ", out)
+    out = re.sub(r"[ \t]*\n[ \t]*", "\n", out)
     out = re.sub(r"[ \t]+([,.;])", r"\1", out)
     out = re.sub(r",(\s*,)+", ",", out)
     return out.strip().strip(",").strip()

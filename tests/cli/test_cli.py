@@ -1,0 +1,360 @@
+"""The ``lorakit`` command end to end on tiny local pipelines: exit codes, output, images, baked folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lorakit
+from lorakit.cli import main, output_paths, parse_size
+
+STEPS = "2"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def reference_image(model: Path, loras: list[tuple[Path, float | dict[str, float]]], prompt: str, *,
+                    fuse: bool = False, plain: bool = False) -> np.ndarray:
+    """What `lorakit generate` should produce, computed in-process with the library API."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    if not plain:
+        lorakit.attach(pipe)
+        for path, _ in loras:
+            pipe.load_lora_weights(str(path), adapter_name=path.stem)
+        if loras:
+            pipe.set_adapters([p.stem for p, _ in loras], adapter_weights=[w for _, w in loras])
+        if fuse:
+            pipe.fuse_lora()
+    image = pipe(prompt, num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0)).images[0]
+    return np.asarray(image)
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------------- basics
+def test_module_help_subprocess() -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "lorakit", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for cmd in ("inspect", "convert", "generate", "bake", "demo"):
+        assert cmd in proc.stdout
+
+
+def test_exit_codes_of_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--version")[0] == 0
+    code, _, err = run(capsys)
+    assert code == 2 and "COMMAND" in err
+    code, _, err = run(capsys, "generate", "--prompt", "x")
+    assert code == 2 and "--model" in err
+    code, _, err = run(capsys, "convert", "x.safetensors", "--to", "onnx", "-o", "y")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run(capsys, "generate", "--model", "m", "--prompt", "x", "--size", "12xab", "-o", "o.png")
+    assert code == 2 and "WIDTHxHEIGHT" in err
+    for sub in ("inspect", "convert", "generate", "bake", "demo"):
+        assert run(capsys, sub, "--help")[0] == 0
+
+
+def test_small_helpers() -> None:
+    assert parse_size("768x512") == (768, 512)
+    assert parse_size("64") == (64, 64)
+    assert output_paths(Path("o/cat.png"), 1) == [Path("o/cat.png")]
+    assert output_paths(Path("o/cat.png"), 2) == [Path("o/cat-1.png"), Path("o/cat-2.png")]
+
+
+# ----------------------------------------------------------------------------------------------- inspect
+def test_inspect_table_and_json(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path) -> None:
+    code, out, err = run(capsys, "inspect", str(real_sd1_lora))
+    assert code == 0, err
+    assert "kohya" in out and "SD1" in out and "unet: 3" in out and "text_encoder: 1" in out
+
+    code, out, err = run(capsys, "inspect", "--json", str(real_sd1_lora), str(real_sd1_lora))
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data, list) and len(data) == 2
+    assert data[0]["format"] == "kohya"
+    assert data[0]["family"] == "SD1"
+    assert data[0]["components"] == {"text_encoder": 1, "unet": 3}
+    assert data[0]["ranks"] == {"2": 4}
+
+
+def test_inspect_with_model_reports_coverage(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
+                                             lora_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    # one module the tiny model does not have: it must be listed as not landing
+    sd = load_file(str(lora_dir / "style.safetensors"))
+    stray = "lora_unet_down_blocks_7_attentions_0_proj_in"
+    sd[f"{stray}.lora_down.weight"] = torch.zeros(4, 16)
+    sd[f"{stray}.lora_up.weight"] = torch.zeros(16, 4)
+    path = tmp_path / "stray.safetensors"
+    save_file(sd, str(path))
+
+    code, out, err = run(capsys, "inspect", "--json", "--model", str(tiny_sd1), str(path))
+    assert code == 0, err
+    (data,) = json.loads(out)
+    assert data["coverage"]["unet"]["matched"] == 96
+    assert data["coverage"]["text_encoder"]["matched"] == 18
+    assert len(data["landed"]["unet"]) == 96
+    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in data["landed"]["unet"]
+    assert data["landed"]["unet"]["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]["rank"] == 4
+    not_landed = {s["key"] for s in data["not_landed"]}
+    assert any(k.startswith(stray) for k in not_landed)
+
+    code, out, err = run(capsys, "inspect", "--model", str(tiny_sd1), "--modules", str(path))
+    assert code == 0, err
+    assert "lands on unet: 96 modules" in out
+    assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in out
+    assert "does not land" in out and stray in out
+
+
+def test_inspect_errors(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.safetensors"
+    code, out, err = run(capsys, "inspect", str(missing))
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("lorakit: error:") and "missing.safetensors" in err
+    # one bad file among good ones: the good one is still reported, the exit status says something failed
+    code, out, err = run(capsys, "inspect", "--json", str(real_sd1_lora), str(missing))
+    assert code == 1
+    data = json.loads(out)
+    assert data[0]["format"] == "kohya" and "error" in data[1]
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    code, _, err = run(capsys, "inspect", str(garbage))
+    assert code == 1 and err.startswith("lorakit: error:") and "Traceback" not in err
+    code, _, err = run(capsys, "inspect", "-v", str(garbage))
+    assert code == 1 and "Traceback" in err
+
+
+# ----------------------------------------------------------------------------------------------- convert
+@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+def test_convert(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_path: Path, layout: str) -> None:
+    dst = tmp_path / f"out-{layout}.safetensors"
+    code, out, err = run(capsys, "convert", str(real_sd1_lora), "--to", layout, "-o", str(dst))
+    assert code == 0, err
+    assert dst.is_file()
+    code, out, _ = run(capsys, "inspect", "--json", str(dst))
+    (data,) = json.loads(out)
+    assert data["format"] == layout
+    assert data["components"] == {"text_encoder": 1, "unet": 3}
+    assert data["alphas"] == {"1": 4}
+
+    before = dst.read_bytes()
+    code, _, err = run(capsys, "convert", str(real_sd1_lora), "--to", layout, "-o", str(dst))
+    assert code == 1 and "already exists" in err and "--force" in err
+    assert dst.read_bytes() == before
+    code, _, err = run(capsys, "convert", "--force", str(real_sd1_lora), "--to", layout, "-o", str(dst))
+    assert code == 0, err
+
+
+def test_convert_json(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "convert", "--json", str(real_sd1_lora), "--to", "diffusers", "-o",
+                         str(tmp_path / "x.safetensors"))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["to"] == "diffusers" and data["source_format"] == "kohya"
+
+
+# ----------------------------------------------------------------------------------------------- generate
+def test_generate_with_prompt_tags(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                   tmp_path: Path) -> None:
+    out_png = tmp_path / "cat.png"
+    code, out, err = run(capsys, "generate", "--model", str(tiny_sd1), "--lora-dir", str(lora_dir), "--prompt",
+                         "a cat, <lora:style:0.8> in the snow", "--steps", STEPS, "-o", str(out_png))
+    assert code == 0, err
+    assert f"wrote {out_png}" in out
+    assert "format kohya" in out and "342/342 keys matched" in out  # the load report summary
+    assert "prompt: 'a cat, in the snow'" in out
+    assert "generated 1 image(s)" in out
+    got = read_png(out_png)
+    with Image.open(out_png) as im:
+        assert "style:0.8:0.8" in im.info["parameters"]
+    want = reference_image(tiny_sd1, [(lora_dir / "style.safetensors", 0.8)], "a cat, in the snow")
+    np.testing.assert_array_equal(got, want)
+    base = reference_image(tiny_sd1, [], "a cat, in the snow", plain=True)
+    assert not np.array_equal(got, base)
+
+
+def test_generate_te_unet_weights_and_lora_files(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
+                                                 lora_dir: Path, tmp_path: Path) -> None:
+    out_png = tmp_path / "two.png"
+    style = lora_dir / "style.safetensors"
+    detail = lora_dir / "sub" / "detail.safetensors"
+    code, out, err = run(capsys, "-q", "generate", "--model", str(tiny_sd1), "--lora", f"{style}:-0.5",
+                         "--lora-dir", str(lora_dir), "--prompt", "<lora:detail:te=0:unet=1.5> a dog",
+                         "--steps", STEPS, "-o", str(out_png))
+    assert code == 0, err
+    assert out.strip() == f"wrote {out_png}"  # -q: results only
+    want = reference_image(tiny_sd1, [(style, -0.5), (detail, {"unet": 1.5, "text_encoder": 0.0})], "a dog")
+    np.testing.assert_array_equal(read_png(out_png), want)
+
+
+def test_generate_fused_matches_unfused(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                        tmp_path: Path) -> None:
+    style = lora_dir / "style.safetensors"
+    fused, unfused = tmp_path / "fused.png", tmp_path / "unfused.png"
+    for flag, path in (("--fuse", fused), (None, unfused)):
+        args = ["generate", "--model", str(tiny_sd1), "--lora", str(style), "--prompt", "a cat", "--steps", STEPS,
+                "--num-images", "2", "-o", str(path)]
+        code, out, err = run(capsys, *args, *([flag] if flag else []))
+        assert code == 0, err
+    for i in (1, 2):
+        a = read_png(tmp_path / f"fused-{i}.png").astype(int)
+        b = read_png(tmp_path / f"unfused-{i}.png").astype(int)
+        assert np.abs(a - b).max() <= 1  # uint8 rounding of fp32 differences
+
+
+@pytest.mark.parametrize(
+    ("prompt", "extra", "message"),
+    [
+        ("a cat <lora:nope:1>", [], "no LoRA file named 'nope'"),
+        ("a cat <lora:styel:1>", [], "did you mean style"),
+        ("a cat <lora:style:abc>", [], "weight 'abc' is not a number"),
+        ("a cat <lora:style:0.5", [], "unclosed"),
+        ("<lora:style:0.5> a cat <lora:style:0.7>", [], "tagged twice with different weights"),
+        ("a cat <lora:style:0.5>", ["--lora", "{style}:0.7"], "given twice with different weights"),
+        ("a cat", ["--lora", "{missing}"], "does not exist"),
+        ("a cat", ["--negative-prompt", "<lora:style:1>"], "negative prompt"),
+        ("a cat", ["--lora-dir", "{missing}"], "no such folder"),
+    ],
+)
+def test_generate_lora_errors(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path, tmp_path: Path,
+                              prompt: str, extra: list[str], message: str) -> None:
+    fill = {"style": lora_dir / "style.safetensors", "missing": tmp_path / "missing.safetensors"}
+    extra = [e.format(**fill) for e in extra]
+    out_png = tmp_path / "x.png"
+    dirs = [] if "--lora-dir" in extra else ["--lora-dir", str(lora_dir)]
+    code, out, err = run(capsys, "generate", "--model", str(tiny_sd1), *dirs, "--prompt", prompt, *extra,
+                         "-o", str(out_png))
+    assert code == 1
+    assert err.startswith("lorakit: error:") and err.count("\n") == 1, err
+    assert message in err
+    assert not out_png.exists()
+
+
+def test_generate_model_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path, lora_dir: Path) -> None:
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path / "nothing"), "--prompt", "x", "-o",
+                       str(tmp_path / "x.png"))
+    assert code == 1 and "no such folder" in err
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path), "--prompt", "x", "-o", str(tmp_path / "x.png"))
+    assert code == 1 and "model_index.json" in err
+    code, _, err = run(capsys, "generate", "--model", str(lora_dir / "style.safetensors"), "--prompt", "x", "-o",
+                       str(tmp_path / "x.png"))
+    assert code == 1 and "single-file" in err
+    code, _, err = run(capsys, "generate", "--model", "tiny:sd1", "--prompt", "x", "-o", str(tmp_path / "x.txt"))
+    assert code == 1 and "image file name" in err
+
+
+def test_generate_tiny_model_id(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--model tiny:FAMILY`` builds a tiny pipeline: the CLI can be tried without a download."""
+    out_png = tmp_path / "t.png"
+    code, out, err = run(capsys, "generate", "--model", "tiny:sd3", "--prompt", "a cat", "--steps", STEPS,
+                         "--size", "16x16", "-o", str(out_png))
+    assert code == 0, err
+    assert read_png(out_png).shape == (16, 16, 3)
+
+
+# ----------------------------------------------------------------------------------------------- bake
+def test_bake_loads_with_plain_diffusers(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                         tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    style = lora_dir / "style.safetensors"
+    detail = lora_dir / "sub" / "detail.safetensors"
+    baked = tmp_path / "baked"
+    code, out, err = run(capsys, "bake", "--model", str(tiny_sd1), "--lora", f"{style}:0.8", "--lora",
+                         str(detail), "-o", str(baked))
+    assert code == 0, err
+    assert f"wrote {baked}" in out
+
+    # no lorakit in the saved folder: same files and state_dict keys as the base, a plain diffusers class
+    for comp in ("unet", "text_encoder"):
+        base_files = sorted(p.name for p in (tiny_sd1 / comp).iterdir())
+        assert sorted(p.name for p in (baked / comp).iterdir()) == base_files
+        (weights,) = [p for p in (baked / comp).iterdir() if p.suffix == ".safetensors"]
+        (base_weights,) = [p for p in (tiny_sd1 / comp).iterdir() if p.suffix == ".safetensors"]
+        assert sorted(load_file(str(weights))) == sorted(load_file(str(base_weights)))
+    index = json.loads((baked / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    plain = DiffusionPipeline.from_pretrained(str(baked))
+    assert not isinstance(plain, lorakit.LoraBaseMixin)
+    plain.set_progress_bar_config(disable=True)
+    got = plain("a cat", num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0),
+                output_type="np").images
+
+    # the fused pipeline, in-process
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_sd1))
+    pipe.set_progress_bar_config(disable=True)
+    lorakit.attach(pipe)
+    pipe.load_lora_weights(str(style), adapter_name="style")
+    pipe.load_lora_weights(str(detail), adapter_name="detail")
+    pipe.set_adapters(["style", "detail"], adapter_weights=[0.8, 1.0])
+    pipe.fuse_lora()
+    want = pipe("a cat", num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0),
+                output_type="np").images
+    np.testing.assert_array_equal(got, want)
+    for comp in ("unet", "text_encoder"):
+        fused_sd = getattr(pipe, comp).state_dict()
+        for k, v in getattr(plain, comp).state_dict().items():
+            assert torch.equal(v, fused_sd[k]), f"{comp}.{k}"
+
+
+def test_bake_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                   tmp_path: Path) -> None:
+    baked = tmp_path / "baked"
+    baked.mkdir()
+    (baked / "keep.txt").write_text("mine")
+    args = ["bake", "--model", str(tiny_sd1), "--lora", str(lora_dir / "style.safetensors"), "-o", str(baked)]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "--force" in err
+    assert sorted(p.name for p in baked.iterdir()) == ["keep.txt"]
+    code, _, err = run(capsys, "bake", "--model", str(tiny_sd1), "-o", str(tmp_path / "b2"))
+    assert code == 1 and "--lora" in err
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "demo", "-o", str(tmp_path), "--steps", "2")
+    assert code == 0, out + err
+    image = tmp_path / "lorakit-demo.png"
+    lora = tmp_path / "lorakit-demo-lora.safetensors"
+    assert image.is_file() and lora.is_file()
+    with Image.open(image) as im:
+        assert im.width > 4 * 64 and im.height > 64
+    assert out.count("PASS") == 4 and "FAIL" not in out
+    assert "noise by design" in out and "lorakit generate --model" in out
+    for step in ("built a tiny seeded sd1 pipeline", "wrote a kohya-layout LoRA", "inspected it", "fused the LoRA",
+                 "unfused", "wrote the image grid"):
+        assert step in out
+    # the file the demo wrote is a kohya LoRA
+    code, out, _ = run(capsys, "inspect", "--json", str(lora))
+    assert json.loads(out)[0]["format"] == "kohya"
+
+
+def test_demo_writes_into_the_current_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "-q", "demo", "--steps", "1")
+    assert code == 0, out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lorakit-demo-lora.safetensors", "lorakit-demo.png"]
+    assert "noise by design" not in out  # -q: only results
+    assert "demo passed" in out
