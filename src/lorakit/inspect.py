@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from . import formats
 from . import io as lio
-from .errors import LorakitError, ShapeMismatchError, closest, summarize
+from .errors import KeyMismatchError, LorakitError, ShapeMismatchError, closest, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -567,13 +567,14 @@ def inspect(
     fmt = "unknown"
     try:
         conv = formats.to_canonical(sd, metadata, None, source=name)
-    except ShapeMismatchError as exc:
-        # the keys do not fit the reference model of the family they look like: still describe the file
+    except (ShapeMismatchError, KeyMismatchError) as exc:
+        # the keys do not fit the reference model of the family they look like (custom or tiny model sizes,
+        # names of another model): still describe the file; a layout nobody recognises is an error
         conv_report = getattr(exc, "report", None)
-        if conv_report is None:
+        if conv_report is None or getattr(conv_report, "format", "unknown") == "unknown":
             raise
-        warnings.append(f"the keys do not all fit the reference model of their family: {exc}")
-        fmt = getattr(conv_report, "format", "unknown")
+        warnings.append(f"the keys do not fit the reference model of their family: {exc}")
+        fmt = conv_report.format
     except LorakitError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converter that cannot run on meta tensors: read everything
@@ -631,6 +632,12 @@ def inspect(
             comps[comp] = crep.matched_modules
             kinds.update(crep.kinds)
             ranks.update({int(r): n for r, n in crep.ranks.items()})
+        unplaced: dict[str, set[str]] = {}
+        for s in getattr(conv_report, "skipped", []):
+            if s.module and s.reason in ("no such module", "shape mismatch", "component absent"):
+                unplaced.setdefault(s.component or s.key.split(".", 1)[0], set()).add(s.module)
+        for comp, mods in unplaced.items():
+            comps[comp] = comps.get(comp, 0) + len(mods)
 
     family, evidence = guess_family(shapes, metadata)
     resolved = ref_family

@@ -23,7 +23,6 @@ import pickle
 import re
 import struct
 import warnings
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,7 @@ def file_kind(path: str | os.PathLike[str]) -> str:
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped[:1] in (b"{", b"["):
         return "json"
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
     return "unknown"
 
@@ -301,6 +300,11 @@ def _read_safetensors(path: str, display: str) -> tuple[dict[str, Tensor], dict[
 
 
 # ----------------------------------------------------------------------------------------------- pickles
+def _describe(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{exc.__class__.__name__}: {lines[0][:200]}" if lines else exc.__class__.__name__
+
+
 def _read_pickle(path: str, display: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with warnings.catch_warnings():
@@ -320,10 +324,8 @@ def _read_pickle(path: str, display: str) -> tuple[dict[str, Tensor], dict[str, 
             f"{display}: refused to unpickle: the file needs code beyond plain tensors ({detail.strip()[:200]}); "
             "nothing was executed. Convert it to safetensors with a trusted tool if you trust its origin."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error) as exc:
-        raise FormatError(
-            f"{display}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load on corrupted bytes raises nearly anything
+        raise FormatError(f"{display}: not a readable PyTorch checkpoint ({_describe(exc)})") from None
     # common wrappers: {"state_dict": {...}} / {"model": {...}}
     if isinstance(obj, dict) and len(obj) >= 1:
         for wrapper in ("state_dict", "model", "params"):

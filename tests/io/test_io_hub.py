@@ -224,3 +224,12 @@ def test_downloaded_html_page_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(page))
     with pytest.raises(errors.FormatError, match="HTML"):
         read_source("org/repo", weight_name="x.safetensors", local_files_only=False)
+
+
+def test_inspect_from_the_offline_cache(tmp_path: Path) -> None:
+    from lorakit.inspect import inspect
+
+    make_cache(tmp_path, "someone/lora", {"pytorch_lora_weights.safetensors": lora_sd(13)})
+    rep = inspect("someone/lora", cache_dir=tmp_path, local_files_only=True)
+    assert rep.source == "hf://someone/lora/pytorch_lora_weights.safetensors"
+    assert rep.header_only and rep.num_tensors == 2

@@ -244,3 +244,25 @@ def test_module_is_callable(tmp_path: Path) -> None:
     sd = diffusers_sd({f"{ATTN}.attn2.to_k": 4}, {f"{ATTN}.attn2.to_k": (320, 768)})
     rep = inspect_module(sd)  # type: ignore[operator]
     assert rep.family == "SD1"
+
+
+def test_file_that_fits_no_reference_model_is_still_described(tmp_path: Path) -> None:
+    """Tiny / custom model sizes: no reference model fits, but inspect still reports the file (with a warning)."""
+    sd = diffusers_sd({f"{TINY_ATTN}.attn1.to_q": 2, "not.a.real.module": 2}, {f"{TINY_ATTN}.attn1.to_q": (16, 16), "not.a.real.module": (3, 3)})
+    p = tmp_path / "tiny.safetensors"
+    save_file(sd, str(p))
+    rep = inspect(p)
+    assert rep.format == "diffusers" and rep.warnings
+    assert rep.components == {"unet": 2}
+    # against the real (tiny) model the one real module lands
+    rep2 = inspect(p, components={"unet": tiny_components("sd1")["unet"]})
+    assert rep2.coverage["unet"]["matched"] == 1 and rep2.coverage["unet"]["not_in_model"] == 1  # type: ignore[index]
+    assert rep2.components == {"unet": 1}  # described from the conversion against the model
+
+
+def test_unknown_layout_raises(tmp_path: Path) -> None:
+    p = tmp_path / "odd.safetensors"
+    save_file({"foo.bar": torch.zeros(2), "baz": torch.zeros(3)}, str(p))
+    with pytest.raises(errors.KeyMismatchError) as ei:
+        inspect(p)
+    assert str(p) in str(ei.value)
