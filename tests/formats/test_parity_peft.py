@@ -6,13 +6,22 @@ import copy
 
 import pytest
 import torch
+from formats_models import (
+    assert_close,
+    clip_inputs,
+    output,
+    randomize_,
+    sd3_inputs,
+    tiny_clip,
+    tiny_sd3,
+    tiny_unet,
+    unet_inputs,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorakit.formats import to_canonical
 from lorakit.manager import AdapterManager
-
-from formats_models import assert_close, clip_inputs, output, randomize_, sd3_inputs, tiny_clip, tiny_sd3, tiny_unet, unet_inputs
 
 peft = pytest.importorskip("peft")
 

@@ -202,7 +202,8 @@ def _convert(
             kind = B.wrap_dora(group, kind)
             placed = _place(kind, target, idx, ctx, group)
             for path, k in placed:
-                check_kind_fits(k, idx.modules[path], f"key {group.first_key!r} -> {comp} module {path!r}")
+                where = f"key {group.first_key!r} -> {comp} module {path!r} (weight {idx.shape(path)})"
+                check_kind_fits(k, idx.modules[path], where)
         except B.Skip as s:
             skip(group, s.reason, s.detail, comp)
             continue
