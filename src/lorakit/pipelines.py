@@ -531,7 +531,12 @@ class LoraBaseMixin:
         if hotswap:
             if adapter_name is None:
                 raise HotswapError("hotswap=True needs the adapter_name of a loaded adapter")
-            self._lorakit_check_loaded([adapter_name])
+            if not any(adapter_name in m.adapters for m in managers):
+                loaded = sorted({n for m in managers for n in m.adapters})
+                raise HotswapError(
+                    f"hotswap: adapter {adapter_name!r} is not loaded (loaded: {summarize(loaded) or 'none'}); "
+                    "load it first without hotswap"
+                )
         else:
             adapter_name = adapter_name or _default_name(managers)
             _check_new_name(adapter_name, managers)
