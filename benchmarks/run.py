@@ -1,0 +1,531 @@
+"""lorakit vs diffusers + PEFT: the same LoRA workload through both, each measurement group in a fresh process.
+
+Usage::
+
+    .venv/bin/python benchmarks/run.py            # full run (SD1.5 size, fp32 CPU): writes docs/benchmarks.md
+    .venv/bin/python benchmarks/run.py --quick    # half-width models, 1 repeat: development (writes into the workdir)
+    .venv/bin/python benchmarks/run.py --sdxl     # SDXL-size models
+    .venv/bin/python benchmarks/run.py --device cuda --dtype fp16
+
+What happens: models with seeded random weights are built from configs once and saved (``save_pretrained``) into a
+work folder, the LoRA files are generated there (see ``lorafiles.py``), then every measurement group (``worker.py``:
+ops, switch, forward, rss, cycles) runs once per tool per round in a fresh subprocess; the tools' order alternates
+between rounds (interleaved), and each figure is the minimum over rounds (and over inner repeats). Ratios are
+reference time ÷ lorakit time (> 1: lorakit is faster). The report is printed and written as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+TOOLS = ("peft", "lorakit")
+LABEL = {"peft": "diffusers + PEFT", "lorakit": "lorakit"}
+FILE_LABEL = {
+    "kohya": "kohya rank-32 (UNet attn/FF/proj + TE linears)",
+    "locon": "kohya rank-32 + 3×3 conv LoCon",
+    "diffusers": "diffusers-format rank-64, attention only",
+}
+MB = 1e6
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+
+
+def prepare(size_name: str, workdir: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Build + save the models of ``size_name`` and write its LoRA files under ``workdir`` (reused when present)."""
+    import lorafiles
+    import models
+
+    size = models.SIZES[size_name]
+    folder = os.path.join(workdir, size_name)
+    stamp = os.path.join(folder, "READY")
+    files = {n: os.path.join(folder, "lora", f"{size_name}_{n}.safetensors") for n in lorafiles.FILES}
+    if not os.path.exists(stamp):
+        t0 = time.perf_counter()
+        os.makedirs(folder, exist_ok=True)
+        models.save_models(size, folder)
+        files = lorafiles.write_files(size, os.path.join(folder, "lora"))
+        with open(stamp, "w") as fh:
+            fh.write("ok\n")
+        log(f"built {size_name} models and LoRA files in {time.perf_counter() - t0:.0f} s")
+    return {"model_dir": folder, "files": files, "size": size_name}
+
+
+def run_job(job: dict[str, Any], in_process: bool, timeout: float) -> dict[str, Any]:
+    if in_process:
+        import worker
+
+        return worker.run_job(job)
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "worker.py"), json.dumps(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        return {"_error": f"exit {proc.returncode}: {tail}"}
+    with open(job["result"]) as fh:
+        return json.load(fh)
+
+
+# ------------------------------------------------------------------------------------------------------ aggregation
+
+
+def _min(values: list[float]) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return min(vals) if vals else None
+
+
+def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Minimum over rounds of every timing; worst case of every error/memory figure."""
+    agg: dict[str, Any] = {}
+    for tool in TOOLS:
+        a: dict[str, Any] = {"errors": []}
+        for group, per_tool in results.items():
+            for r in per_tool.get(tool, []):
+                if "_error" in r:
+                    a["errors"].append(f"{group}: {r['_error']}")
+        ops = [r for r in results.get("ops", {}).get(tool, []) if "_error" not in r]
+        a["ops"] = {}
+        for r in ops:
+            for fname, m in r.items():
+                if fname.startswith("_"):
+                    continue
+                d = a["ops"].setdefault(fname, {"restored": {"max_abs": 0.0, "identical": True}})
+                for k in ("load_file", "load_dict", "fuse", "unfuse", "unload"):
+                    d[k] = _min([d.get(k), m[k]])
+                d["restored"]["max_abs"] = max(d["restored"]["max_abs"], m["restored"]["max_abs"])
+                d["restored"]["identical"] = d["restored"]["identical"] and m["restored"]["identical"]
+                d["fuse_changed_weights"] = d.get("fuse_changed_weights", True) and m["fuse_changed_weights"]
+        sw = [r for r in results.get("switch", {}).get(tool, []) if "_error" not in r]
+        a["switch"] = {}
+        for r in sw:
+            for k, v in r.items():
+                if k.startswith(("set_", "switch_", "fwd_")):
+                    a["switch"][k] = _min([a["switch"].get(k), v])
+                elif not k.startswith("_"):
+                    a["switch"][k] = v
+        fw = [r for r in results.get("forward", {}).get(tool, []) if "_error" not in r]
+        a["forward"] = {"times": {}, "agreement": {}}
+        for r in fw:
+            for k, v in r["times"].items():
+                a["forward"]["times"][k] = _min([a["forward"]["times"].get(k), v])
+            for k, v in r["agreement"].items():
+                cur = a["forward"]["agreement"].get(k, {"max_abs": 0.0, "rel": 0.0})
+                a["forward"]["agreement"][k] = {x: max(cur[x], v[x]) for x in ("max_abs", "rel")}
+            a["forward"]["latent"] = r["latent"]
+        a["rss"] = {}
+        for r in results.get("rss", {}).get(tool, []):
+            if "_error" in r:
+                continue
+            for fname, m in r.items():
+                if fname.startswith("_"):
+                    continue
+                cur = a["rss"].get(fname)
+                if cur is None or m["peak_extra"] > cur["peak_extra"]:
+                    a["rss"][fname] = m
+        cyc = [r for r in results.get("cycles", {}).get(tool, []) if "_error" not in r]
+        a["cycles"] = max(cyc, key=lambda r: r["growth"]) if cyc else None
+        agg[tool] = a
+    return agg
+
+
+def cross_tool(paths: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Max |Δ| between the two tools' saved forward outputs (same inputs, same files)."""
+    import torch
+
+    if not all(os.path.exists(p) for p in paths.values()):
+        return {}
+    ref = torch.load(paths["peft"])
+    lk = torch.load(paths["lorakit"])
+    out = {}
+    for k in ("no_lora", "fused1", "unfused1_lowrank", "unfused3_lowrank", "fused1:te", "unfused1_lowrank:te"):
+        if k in ref and k in lk:
+            d = (ref[k] - lk[k]).abs()
+            out[k] = {"max_abs": float(d.max()), "rel": float(d.max() / ref[k].abs().max().clamp_min(1e-12))}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def _fmt_t(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v < 0.01:
+        return f"{v * 1e3:.2f} ms"
+    if v < 1:
+        return f"{v * 1e3:.0f} ms"
+    return f"{v:.2f} s"
+
+
+def _ratio(ref: float | None, lk: float | None) -> float | None:
+    if ref is None or lk is None or lk <= 0:
+        return None
+    return ref / lk
+
+
+def _fmt_r(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.1f}×" if r >= 10 else f"{r:.2f}×"
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    ref, lk = agg["peft"], agg["lorakit"]
+    rows: list[list[str]] = []
+    verdicts: list[dict[str, Any]] = []
+
+    def row(name: str, r: Any, lv: Any, ratio: float | None, target: str, ok: bool | None, fmt=_fmt_t) -> None:
+        rows.append([name, fmt(r) if not isinstance(r, str) else r, fmt(lv) if not isinstance(lv, str) else lv, _fmt_r(ratio) if ratio is not None else "", target, _met(ok) if target else ""])
+        if target:
+            verdicts.append({"figure": name, "target": target, "met": ok})
+
+    for fname in ("kohya", "locon", "diffusers"):
+        if fname not in lk["ops"] and fname not in ref["ops"]:
+            continue
+        r, lv = ref["ops"].get(fname, {}), lk["ops"].get(fname, {})
+        size = meta["file_sizes"].get(fname, 0) / MB
+        label = f"{FILE_LABEL[fname]}, {size:.0f} MB"
+        for op, target, need in (
+            ("load_file", "≥ 3×", 3.0),
+            ("load_dict", "≥ 3×", 3.0),
+            ("fuse", "≥ 2×", 2.0),
+            ("unfuse", "≥ 5×", 5.0),
+            ("unload", "", None),
+        ):
+            ratio = _ratio(r.get(op), lv.get(op))
+            name = {"load_file": "load from file", "load_dict": "load from in-memory dict", "fuse": "fuse_lora",
+                    "unfuse": "unfuse_lora", "unload": "unload_lora_weights"}[op]
+            row(f"{name} — {label}", r.get(op), lv.get(op), ratio, target, None if ratio is None or need is None else ratio >= need)
+        rr, lr = r.get("restored"), lv.get("restored")
+        row(
+            f"unfuse: restored weights max abs diff vs originals — {fname}",
+            "n/a" if rr is None else f"{rr['max_abs']:.3g}" + (" (bit-identical)" if rr["identical"] else ""),
+            "n/a" if lr is None else f"{lr['max_abs']:.3g}" + (" (bit-identical)" if lr["identical"] else ""),
+            None,
+            "bit-identical",
+            None if lr is None else bool(lr["identical"]),
+        )
+    rs, ls = ref["switch"], lk["switch"]
+    if ls or rs:
+        res = ls.get("resident") or rs.get("resident")
+        for n in ("1", "3"):
+            for k in ("3", str(res)):
+                key = f"set_{n}_of_{k}"
+                ratio = _ratio(rs.get(key), ls.get(key))
+                row(f"set_adapters: {n} active of {k} resident", rs.get(key), ls.get(key), ratio, "≥ 1×", None if ratio is None else ratio >= 1.0)
+        for n in ("1", "3"):
+            a, b = ls.get(f"set_{n}_of_3"), ls.get(f"set_{n}_of_{res}")
+            ra, rb = rs.get(f"set_{n}_of_3"), rs.get(f"set_{n}_of_{res}")
+            flat = None if a is None or b is None else b / a
+            row(
+                f"set_adapters flatness: time({n} of {res}) ÷ time({n} of 3)",
+                "n/a" if ra is None or rb is None else f"{rb / ra:.2f}",
+                "n/a" if flat is None else f"{flat:.2f}",
+                None,
+                "flat (≤ 1.5, noise)",
+                None if flat is None else flat <= 1.5,
+            )
+        small = ls.get("small_latent") or rs.get("small_latent")
+        for n in ("1", "3"):
+            for k in ("3", str(res)):
+                key = f"switch_{n}_of_{k}"
+                lat_r = None if rs.get(key) is None else rs[key] - rs.get(f"fwd_{n}_of_{k}", 0.0)
+                lat_l = None if ls.get(key) is None else ls[key] - ls.get(f"fwd_{n}_of_{k}", 0.0)
+                row(
+                    f"switch latency (set_adapters + deferred work in the next {small}×{small} UNet forward): {n} of {k}",
+                    lat_r, lat_l, _ratio(lat_r, lat_l), "", None,
+                )
+    rf, lf = ref["forward"]["times"], lk["forward"]["times"]
+    if rf or lf:
+        lat = lk["forward"].get("latent") or ref["forward"].get("latent")
+        row(f"UNet forward {lat}×{lat} latents, batch 1: no LoRA loaded", rf.get("no_lora"), lf.get("no_lora"), _ratio(rf.get("no_lora"), lf.get("no_lora")), "", None)
+        row("UNet forward, 1 adapter fused", rf.get("fused1"), lf.get("fused1"), _ratio(rf.get("fused1"), lf.get("fused1")), "", None)
+        row("UNet forward, 3 adapters fused", rf.get("fused3"), lf.get("fused3"), _ratio(rf.get("fused3"), lf.get("fused3")), "", None)
+
+        def over(t: dict[str, float], k: str) -> float | None:
+            return None if t.get(k) is None or not t.get("fused1") else t[k] / t["fused1"]
+
+        def fx(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}× fused"
+
+        for label, k in (("0 unfused (adapters loaded, disabled)", "unfused0"), ("1 unfused, lowrank (default)", "unfused1_lowrank"),
+                         ("3 unfused, lowrank (default)", "unfused3_lowrank"), ("1 unfused, merged strategy", "unfused1_merged"),
+                         ("3 unfused, merged strategy", "unfused3_merged")):
+            if k.endswith("merged"):
+                r_time, r_over = rf.get("unfused" + k[7] + "_lowrank"), over(rf, "unfused" + k[7] + "_lowrank")
+                rlabel = "n/a (PEFT: unfused only)" if r_over is None else f"{fx(r_over)} (PEFT unfused)"
+            else:
+                r_time, r_over, rlabel = rf.get(k), over(rf, k), fx(over(rf, k))
+            row(f"UNet forward overhead, {label}", rlabel, fx(over(lf, k)), _ratio(r_time, lf.get(k)), "", None)
+        for strategy in ("lowrank", "merged"):
+            o1, o3 = over(lf, f"unfused1_{strategy}"), over(lf, f"unfused3_{strategy}")
+            r1, r3 = over(rf, "unfused1_lowrank"), over(rf, "unfused3_lowrank")
+            ok = None if o1 is None or o3 is None else o3 <= 1.1 * o1
+            row(
+                f"overhead(3 unfused) ÷ overhead(1 unfused), {strategy}",
+                "n/a" if r1 is None or r3 is None else f"{r3 / r1:.3f}",
+                "n/a" if o1 is None or o3 is None else f"{o3 / o1:.3f}",
+                None,
+                "≤ 1.1" if strategy == "lowrank" else "",
+                ok if strategy == "lowrank" else None,
+            )
+    for fname in ("kohya", "locon", "diffusers"):
+        r, lv = ref["rss"].get(fname), lk["rss"].get(fname)
+        if r is None and lv is None:
+            continue
+
+        def fr(m: dict[str, Any] | None) -> str:
+            if m is None:
+                return "n/a"
+            return f"{m['peak_extra'] / MB:.0f} MB = {m['peak_extra'] / m['file_bytes']:.2f}× file (retained {m['retained'] / MB:.0f} MB)"
+
+        ok = None if lv is None else lv["peak_extra"] <= 1.2 * lv["file_bytes"]
+        fsize = (lv or r)["file_bytes"] / MB
+        row(f"peak extra RSS during load from file — {fname} ({fsize:.0f} MB)", fr(r), fr(lv), None, "≤ 1.2× file", ok)
+    rc, lc = ref["cycles"], lk["cycles"]
+    if rc or lc:
+        def fc(c: dict[str, Any] | None) -> str:
+            if c is None:
+                return "n/a"
+            return f"{c['growth'] / MB:+.1f} MB ({_fmt_t(c['per_cycle_s'])}/cycle)"
+
+        n = (lc or rc)["cycles"]
+        row(f"RSS growth over {n} load/unload cycles ({meta['cycle_model']})", fc(rc), fc(lc),
+            _ratio(rc and rc["per_cycle_s"], lc and lc["per_cycle_s"]), "< 50 MB",
+            None if lc is None else (lc["growth"] < 50 * MB and n >= 100) if n >= 100 else lc["growth"] < 50 * MB)
+    agreement_lines = []
+    for tool in TOOLS:
+        for k, v in sorted(agg[tool]["forward"]["agreement"].items()):
+            agreement_lines.append(f"| {LABEL[tool]} | {k} | {v['max_abs']:.3g} | {v['rel']:.3g} |")
+    for k, v in cross.items():
+        agreement_lines.append(f"| lorakit vs diffusers + PEFT | {k} | {v['max_abs']:.3g} | {v['rel']:.3g} |")
+
+    lines = [
+        "# Benchmarks: lorakit vs diffusers + PEFT",
+        "",
+        f"Written by `benchmarks/run.py` on {meta['date']} ({meta['mode']}). Ratios are diffusers + PEFT time ÷ lorakit time "
+        "(> 1: lorakit is faster). Each figure is the minimum over "
+        f"{meta['repeats']} interleaved round(s) of fresh processes (one process per measurement group and tool).",
+        "",
+        "| figure | diffusers + PEFT | lorakit | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    met = [v for v in verdicts if v["met"] is not None]
+    lines += [
+        "",
+        f"Targets met: {sum(1 for v in met if v['met'])} of {len(met)} measured.",
+        "",
+        "## Output agreement (UNet output at the benchmark latents, text encoder last hidden state)",
+        "",
+        "| tool | comparison | max abs diff | max abs diff ÷ max abs reference |",
+        "|---|---|---|---|",
+        *agreement_lines,
+        "",
+        "`lora_effect_unet` is the size of the LoRA's effect itself (fused vs no LoRA), for scale.",
+        "",
+        "## Setup",
+        "",
+        f"- Models: {meta['size_describe']}; seeded random weights, {meta['dtype']} on {meta['device']}.",
+        f"- RSS cycles model: {meta['cycle_model']}.",
+        "- LoRA files (generated per run, seeded): "
+        + "; ".join(f"`{k}` {FILE_LABEL[k]} ({v / MB:.0f} MB)" for k, v in meta["file_sizes"].items())
+        + ". `set_adapters`/forward use the kohya file plus scaled copies of it as further adapters.",
+        "- Load timings include reading the file (from the page cache) and converting keys; fuse/unfuse cover every "
+        "component (UNet and text encoder). Peak extra RSS: VmHWM after the load minus VmRSS before it, with the peak "
+        "reset (`/proc/self/clear_refs`) just before, in a fresh process that has imported its libraries but loaded "
+        "nothing yet.",
+        "- Forward overhead = time ÷ that tool's own fused-model time; \"merged\" is lorakit's opt-in strategy "
+        "(`manager.set_unfused_strategy(\"merged\")`). Switch latency subtracts a forward with unchanged adapters.",
+        f"- Machine: {meta['machine']}. Load average at start {meta['load_start']}, at end {meta['load_end']} "
+        "(the machine is shared; treat ratios near a target as noisy).",
+        f"- Versions: {meta['versions']}.",
+        f"- Command: `{meta['command']}`; wall time {meta['wall_s'] / 60:.1f} min.",
+    ]
+    errors = [f"- {LABEL[t]}: {e}" for t in TOOLS for e in agg[t]["errors"]]
+    if errors:
+        lines += ["", "## Errors", "", *errors]
+    return "\n".join(lines) + "\n", verdicts
+
+
+def machine_info() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = f"{int(fh.readline().split()[1]) / 1024 ** 2:.0f} GiB RAM"
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem}, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    parts = [f"python {platform.python_version()}"]
+    for pkg in ("torch", "diffusers", "transformers", "peft", "safetensors", "lorakit"):
+        try:
+            parts.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{pkg} ?")
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        parts.append(f"lorakit commit {rev}{' + uncommitted changes in src/' if dirty else ''}")
+    except OSError:
+        pass
+    import torch
+
+    parts.append(f"torch threads {torch.get_num_threads()}")
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="half-width models, 32×32 latents, 1 round, 20 cycles")
+    ap.add_argument("--sdxl", action="store_true", help="SDXL-size models")
+    ap.add_argument("--toy", action="store_true", help="tiny models (smoke test)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 2; --quick/--toy 1)")
+    ap.add_argument("--inner", type=int, default=None, help="inner repeats of set_adapters (default 5)")
+    ap.add_argument("--cycles", type=int, default=None, help="load/unload cycles for the RSS figure (default 100)")
+    ap.add_argument("--resident", type=int, default=20, help="resident adapters for set_adapters (default 20)")
+    ap.add_argument("--groups", default="ops,switch,forward,rss,cycles", help="comma-separated subset")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    ap.add_argument("--workdir", default=None, help="keep models/files here and reuse them (default: a temp dir)")
+    ap.add_argument("--out", default=None, help="Markdown report (default: docs/benchmarks.md for a full CPU run, else out/)")
+    ap.add_argument("--json", default=None, help="also write raw results here")
+    ap.add_argument("--in-process", action="store_true", help="run groups in this process (smoke test only)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    t_start = time.perf_counter()
+    size_name = "toy" if args.toy else "sdxl" if args.sdxl else "quick" if args.quick else "sd15"
+    light = args.quick or args.toy
+    repeats = args.repeats or (1 if light else 2)
+    cycles = args.cycles or (5 if args.toy else 20 if args.quick else 100)
+    inner = args.inner or (2 if args.toy else 5)
+    resident = min(args.resident, 5) if args.toy else args.resident
+    groups = [g for g in args.groups.split(",") if g]
+    mode = "toy" if args.toy else "quick" if args.quick else "sdxl" if args.sdxl else "full"
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="lorakit-bench-")
+        workdir = tmp
+    os.makedirs(workdir, exist_ok=True)
+    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    try:
+        main_setup = prepare(size_name, workdir, log)
+        cycle_size = "toy" if args.toy else "cycle"
+        cyc_setup = prepare(cycle_size, workdir, log) if "cycles" in groups else None
+        common = {"device": args.device, "dtype": args.dtype}
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {g: {t: [] for t in TOOLS} for g in groups}
+        outputs = {t: os.path.join(workdir, f"forward_{t}.pt") for t in TOOLS}
+        n = 0
+        for rnd in range(repeats):
+            order = TOOLS if rnd % 2 == 0 else TOOLS[::-1]
+            for group in groups:
+                if group == "cycles" and rnd > 0:
+                    continue
+                setup = cyc_setup if group == "cycles" else main_setup
+                variants: list[dict[str, Any]] = [{}]
+                if group == "ops":
+                    variants = [{"file_order": ["kohya", "locon", "diffusers"]}]
+                elif group == "rss":
+                    variants = [{"file": f} for f in ("kohya", "locon")]
+                for tool in order:
+                    for extra in variants:
+                        n += 1
+                        job = {**common, **setup, **extra, "group": group, "tool": tool, "inner": inner if group == "switch" else 1,
+                               "resident": resident, "cycles": cycles,
+                               "result": os.path.join(workdir, f"result_{n}.json")}
+                        if group == "forward" and rnd == 0:
+                            job["save_outputs"] = outputs[tool]
+                        t0 = time.perf_counter()
+                        res = run_job(job, args.in_process, args.timeout)
+                        results[group][tool].append(res)
+                        status = "FAILED: " + res["_error"].splitlines()[-1] if "_error" in res else "ok"
+                        log(f"round {rnd + 1}/{repeats} {group:<7} {tool:<7} {' '.join(str(v) for v in extra.values())} "
+                            f"{time.perf_counter() - t0:6.1f} s  {status}")
+        agg = aggregate(results)
+        cross = cross_tool(outputs)
+        import models
+
+        meta = {
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(),
+            "mode": mode,
+            "repeats": repeats,
+            "size_describe": models.SIZES[size_name].describe,
+            "cycle_model": (models.SIZES[cycle_size].describe + f"; {cycles} cycles of load from file + unload")
+            if cyc_setup
+            else "n/a",
+            "dtype": args.dtype,
+            "device": args.device,
+            "file_sizes": {k: os.path.getsize(v) for k, v in main_setup["files"].items()},
+            "machine": machine_info(),
+            "load_start": load_start,
+            "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "versions": versions(),
+            "command": "benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "wall_s": time.perf_counter() - t_start,
+        }
+        report, verdicts = build_report(agg, cross, meta)
+        default = "benchmarks.md" if mode == "full" and args.device == "cpu" else f"../out/benchmarks-{mode}-{args.device}.md"
+        out = args.out or os.path.normpath(os.path.join(ROOT, "docs", default))
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write(report)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"results": results, "aggregate": agg, "cross": cross, "meta": meta, "verdicts": verdicts}, fh, indent=1)
+        print(report)
+        log(f"report written to {out}")
+        return 0
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""One measurement group for one tool, run in a fresh process by ``run.py`` (or in-process by the smoke test).
+
+Usage: ``python benchmarks/worker.py '<json job>'``; the job names the group, the tool, the model and LoRA files,
+and where to write the JSON result. Groups:
+
+* ``ops``: per LoRA file: load from file, load from an in-memory dict, ``fuse_lora``, ``unfuse_lora`` (+ restored
+  weights vs. the saved originals), ``unload_lora_weights``.
+* ``switch``: ``set_adapters`` with 1 and 3 active out of 3 and out of 20 resident adapters; also the switch latency
+  (``set_adapters`` + the next small UNet forward, which includes work an implementation defers to the forward).
+* ``forward``: UNet forward time fused, and with 0/1/3 unfused adapters (lorakit: "lowrank" and "merged"); fused vs
+  unfused output agreement (UNet and text encoder); outputs saved for the cross-tool comparison.
+* ``rss``: peak extra RSS during one cold load from file (``/proc/self/status`` VmHWM reset with ``clear_refs``).
+* ``cycles``: RSS growth over N load/unload cycles.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import models  # noqa: E402
+import tools  # noqa: E402
+from lorafiles import variant  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS / VmHWM / RssAnon / RssFile of this process, in bytes."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Timer:
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - t0
+
+
+def read_dict(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+class Ctx:
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.size = models.SIZES[job["size"]]
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[job.get("dtype", "fp32")]
+        self.device = job.get("device", "cpu")
+        self.timer = Timer(self.device)
+        self.model_dir = job["model_dir"]
+        self.files: dict[str, str] = job["files"]
+        pipe = models.load_pipeline(self.size, self.model_dir, self.device, self.dtype)
+        tool_cls = {"peft": tools.PeftTool, "lorakit": tools.LorakitTool}[job["tool"]]
+        tool_cls.preimport()
+        self.tool = tool_cls(pipe)
+        self.pipe = self.tool.pipe
+
+    def unet_forward(self, latent: int | None = None) -> torch.Tensor:
+        kw = models.unet_inputs(self.size, self.pipe)
+        if latent is not None:
+            kw["sample"] = kw["sample"][..., :latent, :latent].contiguous()
+        with torch.no_grad():
+            return self.pipe.unet(**kw).sample
+
+    def te_forward(self) -> torch.Tensor:
+        ids = models.text_inputs(self.size).to(self.pipe.text_encoder.device)
+        with torch.no_grad():
+            return self.pipe.text_encoder(ids)[0]
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    a, b = a.float().cpu(), b.float().cpu()
+    d = (a - b).abs()
+    return {"max_abs": float(d.max()), "rel": float(d.max() / b.abs().max().clamp_min(1e-12))}
+
+
+# ---------------------------------------------------------------------------------------------------- groups
+
+
+def group_ops(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    out: dict[str, Any] = {}
+    inner = ctx.job.get("inner", 1)
+    # warm-up: first-call imports and allocator state, not measured
+    tool.load(ctx.files[ctx.job["file_order"][0]], "warmup")
+    tool.unload()
+    for fname in ctx.job["file_order"]:
+        path = ctx.files[fname]
+        sd = read_dict(path)
+        r: dict[str, Any] = {k: float("inf") for k in ("load_file", "load_dict", "fuse", "unfuse", "unload")}
+        for i in range(inner):
+            gc.collect()
+            r["load_file"] = min(r["load_file"], t(lambda path=path: tool.load(path, "a")))
+            r["fuse"] = min(r["fuse"], t(lambda: tool.fuse(["a"])))
+            if i == 0:
+                changed = not tools.restored_check(tool, ctx.model_dir, only="attn1.to_q")["identical"]
+                r["fuse_changed_weights"] = changed
+            r["unfuse"] = min(r["unfuse"], t(tool.unfuse))
+            if i == 0:
+                r["restored"] = tools.restored_check(tool, ctx.model_dir)
+            r["unload"] = min(r["unload"], t(tool.unload))
+            gc.collect()
+            r["load_dict"] = min(r["load_dict"], t(lambda sd=sd: tool.load(dict(sd), "b")))
+            tool.unload()
+        out[fname] = r
+    return out
+
+
+def group_switch(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    inner = ctx.job.get("inner", 5)
+    resident = ctx.job.get("resident", 20)
+    path = ctx.files["kohya"]
+    sd = read_dict(path)
+    tool.load(path, "a0")
+    for i in (1, 2):
+        tool.load(variant(sd, i), f"a{i}")
+    small = max(8, ctx.size.latent // 8)
+
+    def measure(n_res: int) -> dict[str, float]:
+        res: dict[str, float] = {}
+        cases = {"1": (["a0"], [1.0]), "3": (["a0", "a1", "a2"], [0.5, 0.3, 0.2])}
+        other = {"1": cases["3"], "3": cases["1"]}
+        ctx.unet_forward(small)
+        for _ in range(inner):
+            for k, (names, weights) in cases.items():
+                tool.set_adapters(*other[k])  # a real switch each time
+                ctx.unet_forward(small)
+                dt = t(lambda names=names, weights=weights: tool.set_adapters(names, weights))
+                res[f"set_{k}_of_{n_res}"] = min(res.get(f"set_{k}_of_{n_res}", float("inf")), dt)
+                tool.set_adapters(*other[k])
+                ctx.unet_forward(small)
+                dt = t(lambda names=names, weights=weights: (tool.set_adapters(names, weights), ctx.unet_forward(small)))
+                res[f"switch_{k}_of_{n_res}"] = min(res.get(f"switch_{k}_of_{n_res}", float("inf")), dt)
+                dt = t(lambda: ctx.unet_forward(small))  # same adapters: the forward alone
+                res[f"fwd_{k}_of_{n_res}"] = min(res.get(f"fwd_{k}_of_{n_res}", float("inf")), dt)
+        return res
+
+    out = measure(3)
+    for i in range(3, resident):
+        tool.load(variant(sd, i), f"a{i}")
+    out.update(measure(resident))
+    out["resident"] = resident
+    out["small_latent"] = small
+    return out
+
+
+def group_forward(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    path = ctx.files["kohya"]
+    sd = read_dict(path)
+    small = 8
+    outputs: dict[str, torch.Tensor] = {}
+    times: dict[str, float] = {}
+
+    def run(label: str) -> None:
+        ctx.unet_forward(small)  # builds per-module caches (lazy work after a state change) outside the timing
+        y: dict[str, torch.Tensor] = {}
+        times[label] = t(lambda: y.setdefault("o", ctx.unet_forward()))
+        outputs[label] = y["o"]
+        outputs[label + ":te"] = ctx.te_forward()
+
+    ctx.unet_forward(small)
+    run("no_lora")
+    tool.load(path, "a0")
+    for i in (1, 2):
+        tool.load(variant(sd, i), f"a{i}")
+    one = (["a0"], [1.0])
+    three = (["a0", "a1", "a2"], [0.5, 0.3, 0.2])
+    strategies = ["lowrank", "merged"] if ctx.job["tool"] == "lorakit" else ["lowrank"]
+    tool.disable()
+    run("unfused0")
+    tool.enable()
+    for strategy in strategies:
+        tool.set_strategy(strategy)
+        tool.set_adapters(*one)
+        run(f"unfused1_{strategy}")
+        tool.set_adapters(*three)
+        run(f"unfused3_{strategy}")
+    tool.set_strategy("lowrank")
+    tool.set_adapters(*three)
+    tool.fuse(three[0])
+    run("fused3")
+    tool.unfuse()
+    tool.set_adapters(*one)
+    tool.fuse(one[0])
+    run("fused1")
+    tool.unfuse()
+    agree: dict[str, Any] = {}
+    for strategy in strategies:
+        for n in ("1", "3"):
+            for part in ("", ":te"):
+                agree[f"fused{n}_vs_unfused{n}_{strategy}{part or ':unet'}"] = diff(
+                    outputs[f"unfused{n}_{strategy}{part}"], outputs[f"fused{n}{part}"]
+                )
+    agree["lora_effect_unet"] = diff(outputs["fused1"], outputs["no_lora"])
+    save = ctx.job.get("save_outputs")
+    if save:
+        torch.save({k: v.float().cpu() for k, v in outputs.items()}, save)
+    return {"times": times, "agreement": agree, "latent": ctx.size.latent}
+
+
+def group_rss(ctx: Ctx) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fname = ctx.job["file"]
+    path = ctx.files[fname]
+    gc.collect()
+    ok = reset_peak()
+    before = proc_status()
+    ctx.tool.load(path, "a")
+    after = proc_status()
+    gc.collect()
+    settled = proc_status()
+    out[fname] = {
+        "reset_ok": ok,
+        "file_bytes": os.path.getsize(path),
+        "peak_extra": after["VmHWM"] - before["VmRSS"],
+        "retained": settled["VmRSS"] - before["VmRSS"],
+        "anon_extra": after["RssAnon"] - before["RssAnon"],
+        "file_backed_extra": after["RssFile"] - before["RssFile"],
+    }
+    return out
+
+
+def group_cycles(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    path = ctx.files["kohya"]
+    n = ctx.job.get("cycles", 100)
+    tool.load(path, "a")
+    tool.unload()
+    gc.collect()
+    start = proc_status()["VmRSS"]
+    t0 = time.perf_counter()
+    samples = []
+    for i in range(n):
+        tool.load(path, "a")
+        tool.unload()
+        if (i + 1) % max(1, n // 4) == 0:
+            gc.collect()
+            samples.append(proc_status()["VmRSS"] - start)
+    elapsed = time.perf_counter() - t0
+    gc.collect()
+    end = proc_status()["VmRSS"]
+    del t
+    return {
+        "cycles": n,
+        "growth": end - start,
+        "samples": samples,
+        "per_cycle_s": elapsed / n,
+        "file_bytes": os.path.getsize(path),
+    }
+
+
+GROUPS = {"ops": group_ops, "switch": group_switch, "forward": group_forward, "rss": group_rss, "cycles": group_cycles}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    ctx = Ctx(job)
+    result = GROUPS[job["group"]](ctx)
+    result["_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def main() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    job = json.loads(sys.argv[1])
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - logging knobs only
+        pass
+    result = run_job(job)
+    with open(job["result"], "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()
