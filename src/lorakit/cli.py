@@ -162,6 +162,32 @@ def resolve_dtype(name: str | None, device: str) -> Any:
         raise CliError(f"--dtype {name}: expected one of auto, float32, float16, bfloat16") from None
 
 
+def saved_dtype(model: str) -> Any:
+    """The dtype a local pipeline folder's denoiser was saved in (``None`` when unknown: a Hub id, no safetensors).
+
+    diffusers loads denoisers in float32 unless told otherwise, which would make ``bake`` of a float16 folder write
+    twice the bytes; reading the header keeps the saved precision.
+    """
+    from collections import Counter
+
+    from . import io as lio
+
+    folder = Path(model).expanduser()
+    if model.startswith(TINY_PREFIX) or not folder.is_dir():
+        return None
+    counts: Counter[Any] = Counter()
+    for sub in ("unet", "transformer", "prior", "decoder"):
+        for f in sorted((folder / sub).glob("*.safetensors")) if (folder / sub).is_dir() else []:
+            try:
+                shapes, _ = lio.read_header(f)
+            except LorakitError:
+                continue
+            counts.update(dt for _, dt in shapes.values() if dt.is_floating_point)
+        if counts:
+            break
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def load_pipeline(model: str, *, dtype: Any = None, device: str = "cpu", console: Console | None = None) -> Any:
     """Load a diffusers pipeline from a local folder or Hub id (``DiffusionPipeline.from_pretrained``), or build a
     tiny seeded one for ``tiny:sd1`` / ``tiny:sd2`` / ``tiny:sdxl`` / ``tiny:sd3`` / ``tiny:amused``.
@@ -529,10 +555,11 @@ def cmd_bake(args: argparse.Namespace, console: Console) -> int:
         raise CliError(f"-o {out}: already exists and is not empty; pass --force to write into it")
     _, specs = plan_loras("", args.lora, [])
     device = resolve_device(args.device)
-    dtype = None if args.dtype is None else resolve_dtype(args.dtype, device)
+    dtype = saved_dtype(args.model) if args.dtype is None else resolve_dtype(args.dtype, device)
     with console.step(f"loaded {args.model}") as st:
         pipe = load_pipeline(args.model, dtype=dtype, device=device, console=console)
-        st["note"] = f"{type(pipe).__name__} ({family_of(pipe)})"
+        how = "as saved" if args.dtype is None else "--dtype"
+        st["note"] = f"{type(pipe).__name__} ({family_of(pipe)}), {str(dtype or 'default dtype').replace('torch.', '')} ({how})"
     comps = module_components(pipe)
     keys_before = {name: list(m.state_dict().keys()) for name, m in comps.items()}
     attach(pipe)
