@@ -4,6 +4,8 @@ per-module delta; overwrite is refused."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -40,9 +42,15 @@ def outputs(comps: dict[str, nn.Module]) -> dict[str, Tensor]:
     }
 
 
-def fresh() -> dict[str, nn.Module]:
+@functools.lru_cache(maxsize=1)
+def _pristine() -> dict[str, nn.Module]:
     c = tiny_components("sd1")
     return {"unet": c["unet"], "text_encoder": c["text_encoder"]}
+
+
+def fresh() -> dict[str, nn.Module]:
+    """New copies of the seeded tiny SD1 UNet and text encoder (built once, deep-copied: same weights)."""
+    return {k: copy.deepcopy(m) for k, m in _pristine().items()}
 
 
 def lorakit_load(path: str | Path, comps: dict[str, nn.Module]) -> None:

@@ -3,6 +3,8 @@ and in diffusers 0.42.1 (tiny SD1 UNet built from a config with seeded weights, 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -24,8 +26,14 @@ logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def tiny_unet(seed: int = 0) -> nn.Module:
-    return tiny_components("sd1", seed=seed)["unet"]
+@functools.lru_cache(maxsize=1)
+def _pristine_unet() -> nn.Module:
+    return tiny_components("sd1")["unet"]
+
+
+def tiny_unet() -> nn.Module:
+    """A new copy of the seeded tiny SD1 UNet (built once, deep-copied: same weights)."""
+    return copy.deepcopy(_pristine_unet())
 
 
 def unet_inputs() -> tuple[Tensor, Tensor, Tensor]:
