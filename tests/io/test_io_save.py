@@ -356,3 +356,15 @@ def test_save_adapter_roundtrip(tmp_path: Path, to: str) -> None:
     conv = formats.to_canonical(sd, meta, {"unet": fresh}, source=path)
     get_manager(fresh).add_adapter("style", conv.adapters["unet"])
     assert rel_err(run(fresh), ours) <= 1e-5
+
+
+@pytest.mark.skipif(not formats_writes("diffusers"), reason="formats.from_canonical not implemented yet")
+def test_save_adapter_diffusers_layout_loads_identically_in_diffusers(tmp_path: Path) -> None:
+    unet = tiny_unet()
+    mapping = reference_adapters(unet)
+    mgr = get_manager(unet)
+    mgr.add_adapter("style", mapping)
+    ours = run(unet)
+    save_adapter(mgr, tmp_path, to="diffusers")
+    assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
+    assert rel_err(run(diffusers_load(tmp_path)), ours) <= 1e-5
