@@ -10,7 +10,7 @@
   (JSON) in the metadata.
 * ``kohya``: ``lora_unet_`` (SGM names for SDXL, diffusers-derived otherwise), ``lora_transformer_`` (SD3 / aMUSEd,
   OneTrainer's layout), ``lora_te_`` (one text encoder) or ``lora_te1_``/``lora_te2_``/``lora_te3_`` with transformers-4
-  CLIP paths (``text_model.`` added), ``.alpha`` per module (omitted when alpha = rank), LyCORIS names for the other
+  CLIP paths (``text_model.`` added), ``.alpha`` per module (alpha = rank written out when absent), LyCORIS names for the other
   kinds (``hada_*``, ``lokr_*``, ``diff``/``diff_b``, ``w_norm``/``b_norm`` for 1-D deltas, ``dora_scale``).
 """
 
@@ -84,9 +84,11 @@ def _lycoris_tensors(kind: AdapterKind) -> dict[str, Tensor]:
             out["b_norm" if one_d else "diff_b"] = kind.diff_b
     else:
         raise FormatError(f"cannot write adapter kind {type(kind).__name__}")
+    # always explicit (alpha = rank when absent): a missing .alpha would fall back to header values on reload
     alpha = getattr(kind, "alpha", None)
-    if alpha is not None:
-        out["alpha"] = _alpha_tensor(alpha)
+    rank = kind.rank
+    if alpha is not None or rank is not None:
+        out["alpha"] = _alpha_tensor(alpha if alpha is not None else rank)
     return out
 
 
