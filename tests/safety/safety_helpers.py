@@ -155,18 +155,18 @@ def snapshot(pipe: Any, *, outputs: bool = True) -> Snapshot:
         s.hooks[comp] = _hooks(model)
         mgr = lorakit.get_manager(model, create=False)
         if mgr is not None:
-            s.managers[comp] = (
-                mgr.list_adapters(),
-                list(mgr.active),
-                {n: _weight_repr(w) for n, w in mgr.weights.items()},
-                mgr.enabled,
-                {n: _weight_repr(w) for n, w in mgr.fused.items()},
-                mgr.call_scale,
-                mgr.unfused_strategy,
-                mgr.version,
-                sorted(mgr.slots),
-                {n: sorted(m) for n, m in mgr.adapters.items()},
-            )
+            s.managers[comp] = {
+                "adapters": mgr.list_adapters(),
+                "active": list(mgr.active),
+                "weights": {n: _weight_repr(w) for n, w in mgr.weights.items()},
+                "enabled": mgr.enabled,
+                "fused": {n: _weight_repr(w) for n, w in mgr.fused.items()},
+                "call_scale": mgr.call_scale,
+                "strategy": mgr.unfused_strategy,
+                "version": mgr.version,
+                "slots": sorted(mgr.slots),
+                "targets": {n: sorted(m) for n, m in mgr.adapters.items()},
+            }
             for n in mgr.list_adapters():
                 s.adapter_tensors[f"{comp}/{n}"] = {k: v.clone() for k, v in mgr.adapter_state_dict(n).items()}
     s.pipeline = (
@@ -186,22 +186,43 @@ def snapshot(pipe: Any, *, outputs: bool = True) -> Snapshot:
     return s
 
 
-def assert_unchanged(before: Snapshot, after: Snapshot) -> None:
-    """Bit-identical weights (same storage), same hooks, same adapters / active / fused sets, same outputs."""
+def bits_equal(a: Tensor, b: Tensor) -> bool:
+    """Bit-identical (same dtype, shape and bytes; NaN payloads included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
+
+
+def _short(x: Any, n: int = 300) -> str:
+    r = repr(x)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def assert_unchanged(before: Snapshot, after: Snapshot, ignore: Iterable[str] = ()) -> None:
+    """Bit-identical weights (same storage), same hooks, same adapters / active / fused sets, same outputs.
+
+    ``ignore``: manager fields not compared (``"version"`` after an operation that legitimately re-applies the
+    same state, e.g. a second fuse).
+    """
     assert before.pipeline == after.pipeline, f"pipeline LoRA/offload state changed: {before.pipeline} -> {after.pipeline}"
-    assert before.managers == after.managers, f"manager state changed: {before.managers} -> {after.managers}"
+    assert set(before.managers) == set(after.managers), f"managers: {set(before.managers)} -> {set(after.managers)}"
+    for comp, fields in before.managers.items():
+        for name, value in fields.items():
+            if name not in ignore:
+                new = after.managers[comp][name]
+                assert value == new, f"{comp} manager {name} changed: {_short(value)} -> {_short(new)}"
     assert before.hooks == after.hooks, "module hooks (torch forward hooks or accelerate _hf_hook) changed"
     for comp, sd in before.weights.items():
         assert set(sd) == set(after.weights[comp]), f"{comp}: state_dict keys changed"
         for k, v in sd.items():
-            assert torch.equal(v, after.weights[comp][k]), f"{comp}.{k}: weight changed"
+            assert bits_equal(v, after.weights[comp][k]), f"{comp}.{k}: weight changed"
         assert before.storage[comp] == after.storage[comp], f"{comp}: parameter storage/device/dtype changed"
     assert set(before.adapter_tensors) == set(after.adapter_tensors)
     for n, sd in before.adapter_tensors.items():
         for k, v in sd.items():
-            assert torch.equal(v, after.adapter_tensors[n][k]), f"adapter tensor {n}:{k} changed"
+            assert bits_equal(v, after.adapter_tensors[n][k]), f"adapter tensor {n}:{k} changed"
     for name, out in before.outputs.items():
-        assert torch.equal(out, after.outputs[name]), f"{name} output changed"
+        assert bits_equal(out, after.outputs[name]), f"{name} output changed"
 
 
 def check_fails(
