@@ -328,21 +328,7 @@ def test_save_adapter_refuses_overwrite_and_bad_inputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not formats_writes("diffusers"), reason="formats.from_canonical not implemented yet")
-@pytest.mark.parametrize(
-    "to",
-    [
-        "diffusers",
-        "peft",
-        pytest.param(
-            "kohya",
-            marks=pytest.mark.xfail(
-                reason="formats.from_canonical(to='kohya') writes no .alpha for alpha=None modules but sets "
-                "ss_network_alpha, which the reader then applies to them (scale 2 instead of 1)",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("to", ["diffusers", "peft", "kohya"])
 def test_save_adapter_roundtrip(tmp_path: Path, to: str) -> None:
     unet = tiny_unet()
     mapping = reference_adapters(unet)
