@@ -338,6 +338,10 @@ def test_save_adapter_roundtrip(tmp_path: Path, to: str) -> None:
     path = save_adapter(mgr, tmp_path, to=to, adapter_name="style", family="sd1", metadata={"note": {"a": 1}})
     sd, meta, _ = read_source(path)
     assert json.loads(meta["note"]) == {"a": 1}
+    if to == "peft":  # PeftModel.save_pretrained layout: adapter_model.safetensors + adapter_config.json
+        assert Path(path).name == "adapter_model.safetensors"
+        sidecar = json.loads((tmp_path / "adapter_config.json").read_text())
+        assert sidecar == json.loads(meta["adapter_config"]) and sidecar["peft_type"] == "LORA"
     fresh = tiny_unet()
     conv = formats.to_canonical(sd, meta, {"unet": fresh}, source=path)
     get_manager(fresh).add_adapter("style", conv.adapters["unet"])
