@@ -600,6 +600,11 @@ def resolve_file(
                 f"{path}: no such file" + (f"; the folder holds {summarize(found)}" if found else "")
             )
         return path, path
+    if re.match(r"^[a-z][a-z0-9+.-]*://", src, re.IGNORECASE):
+        raise SourceNotFoundError(
+            f"{src}: lorakit does not download URLs; download the file itself (not the web page around it) and pass "
+            "its path, or pass a Hub repository id"
+        )
     if not _looks_like_repo_id(src):
         raise SourceNotFoundError(f"{src}: no such file or folder")
     offline = _offline(local_files_only)

@@ -402,3 +402,10 @@ def test_safetensors_with_pickle_extension_is_read_as_safetensors(tmp_path: Path
 def test_unsupported_source_type() -> None:
     with pytest.raises(errors.FormatError, match="list"):
         read_source([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["https://civitai.com/models/1234?modelVersionId=5", "s3://bucket/lora.safetensors"])
+def test_urls_are_not_fetched(url: str) -> None:
+    with pytest.raises(errors.SourceNotFoundError) as ei:
+        read_source(url)
+    assert url in one_line(ei.value) and "download" in str(ei.value)
