@@ -417,7 +417,8 @@ class LoraBaseMixin:
         for comp in self._lora_loadable_modules:
             model = getattr(self, comp, None)
             if isinstance(model, nn.Module):
-                out[comp] = model
+                # pipe.unet = torch.compile(pipe.unet): adapters live on the original module
+                out[comp] = getattr(model, "_orig_mod", model)
         return out
 
     def _lorakit_managers(self, components: Sequence[str] | None = None) -> dict[str, AdapterManager]:
