@@ -4,6 +4,7 @@ family: convert, inspect without a model)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,12 @@ def real_sd1_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file(sd, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "2",
                                        "ss_network_alpha": "1", "ss_base_model_version": "sd_v1"})
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run faster single-threaded, and much faster on a busy shared machine (see lorakit.demo)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

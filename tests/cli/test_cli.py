@@ -339,15 +339,19 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     lora = tmp_path / "lorakit-demo-lora.safetensors"
     assert image.is_file() and lora.is_file()
     with Image.open(image) as im:
-        assert im.width > 4 * 64 and im.height > 64
-    assert out.count("PASS") == 4 and "FAIL" not in out
+        assert im.width > 5 * 64 and im.height > 64
+    assert out.count("PASS") == 5 and "FAIL" not in out
     assert "noise by design" in out and "lorakit generate --model" in out
-    for step in ("built a tiny seeded sd1 pipeline", "wrote a kohya-layout LoRA", "inspected it", "fused the LoRA",
-                 "unfused", "wrote the image grid"):
+    for step in ("built a tiny seeded sd1 pipeline", "wrote a kohya-layout LoRA", "wrote a LyCORIS LoHa",
+                 "inspected lorakit-demo-lora.safetensors", "342/342 keys matched", "480/480 keys matched",
+                 "fused both", "unfused", "wrote the image grid"):
         assert step in out
-    # the file the demo wrote is a kohya LoRA
-    code, out, _ = run(capsys, "inspect", "--json", str(lora))
-    assert json.loads(out)[0]["format"] == "kohya"
+    # the files the demo wrote are a kohya LoRA and a LyCORIS LoHa
+    code, out, _ = run(capsys, "inspect", "--json", "--model", "tiny:sd1", str(lora),
+                       str(tmp_path / "lorakit-demo-loha.safetensors"))
+    lora_info, loha_info = json.loads(out)
+    assert lora_info["format"] == "kohya" and lora_info["kinds"] == {"lora": 114}
+    assert loha_info["kinds"] == {"loha": 96}
 
 
 def test_demo_writes_into_the_current_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -355,6 +359,8 @@ def test_demo_writes_into_the_current_folder(capsys: pytest.CaptureFixture[str],
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "-q", "demo", "--steps", "1")
     assert code == 0, out + err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lorakit-demo-lora.safetensors", "lorakit-demo.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lorakit-demo-loha.safetensors", "lorakit-demo-lora.safetensors", "lorakit-demo.png"
+    ]
     assert "noise by design" not in out  # -q: only results
     assert "demo passed" in out
