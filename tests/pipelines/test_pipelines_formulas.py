@@ -170,3 +170,34 @@ def test_dora_scale_formula() -> None:
     assert_close(outputs(pipe, FAMILY), want, tol=2e-5)
     theirs = _diffusers_outputs(sd)
     assert float((theirs["denoiser"] - want["denoiser"]).abs().max()) > 1e-3
+
+
+def test_sd3_t5_text_encoder_3_formula() -> None:
+    """diffusers never loads T5 LoRAs (``_lora_loadable_modules`` stops at text_encoder_2): formula reference.
+
+    A file with ``text_encoder_3`` keys loads into the T5 encoder; without a T5 in the pipeline those entries are
+    skipped (and the rest loads)."""
+    from pipeline_helpers import encode, make_lora
+
+    base = _base("sd3")
+    sd = make_lora(base, ["transformer", "text_encoder_3"], family="sd3", seed=7)
+    pipe = lorakit.attach(fresh("sd3"))
+    pipe.load_lora_weights(sd, adapter_name="t5")
+    assert pipe.get_list_adapters() == {"transformer": ["t5"], "text_encoder_3": ["t5"]}
+    ref = fresh("sd3")
+    mods = dict(ref.text_encoder_3.named_modules())
+    with torch.no_grad():
+        for k, a in sd.items():
+            if k.startswith("text_encoder_3.") and k.endswith(".lora_A.weight"):
+                path = k[len("text_encoder_3.") : -len(".lora_A.weight")]
+                b = sd[k.replace("lora_A", "lora_B")]
+                mods[path].weight += b @ a
+    assert_close({"t5": encode(pipe, "text_encoder_3")}, {"t5": encode(ref, "text_encoder_3")})
+    # encode_prompt(lora_scale=0) gives the base T5 output exactly
+    kw = dict(prompt="a cat", prompt_2=None, prompt_3=None, device="cpu", num_images_per_prompt=1,
+              do_classifier_free_guidance=False, max_sequence_length=8)
+    plain = fresh("sd3").encode_prompt(**kw)[0]
+    assert torch.equal(pipe.encode_prompt(**kw, lora_scale=0.0)[0], plain)
+    no_t5 = lorakit.attach(lorakit.tiny.tiny_pipeline("sd3", with_t5=False))
+    no_t5.load_lora_weights(sd, adapter_name="t5")
+    assert no_t5.get_list_adapters() == {"transformer": ["t5"]}
