@@ -364,3 +364,30 @@ def test_demo_writes_into_the_current_folder(capsys: pytest.CaptureFixture[str],
     ]
     assert "noise by design" not in out  # -q: only results
     assert "demo passed" in out
+
+
+def test_bake_keeps_the_saved_dtype(capsys: pytest.CaptureFixture[str], lora_dir: Path, tmp_path: Path) -> None:
+    from lorakit.io import read_header
+    from lorakit.tiny import tiny_pipeline
+
+    model = tmp_path / "tiny16"
+    tiny_pipeline("sd1", dtype=torch.float16).save_pretrained(str(model))
+    baked = tmp_path / "baked16"
+    code, out, err = run(capsys, "bake", "--model", str(model), "--lora", str(lora_dir / "style.safetensors"),
+                         "-o", str(baked))
+    assert code == 0, err
+    assert "float16 (as saved)" in out
+    for comp in ("unet", "text_encoder"):
+        (weights,) = (baked / comp).glob("*.safetensors")
+        shapes, _ = read_header(weights)
+        assert {dt for _, dt in shapes.values()} == {torch.float16}, comp
+
+
+def test_lora_dir_from_the_environment(capsys: pytest.CaptureFixture[str], lora_dir: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAKIT_LORA_DIR", os.pathsep.join([str(tmp_path), str(lora_dir)]))
+    out_png = tmp_path / "env.png"
+    code, out, err = run(capsys, "generate", "--model", "tiny:sd1", "--prompt", "a cat <lora:detail:0.5>",
+                         "--steps", "1", "-o", str(out_png))
+    assert code == 0, err
+    assert "loaded LoRA 'detail'" in out and out_png.is_file()
