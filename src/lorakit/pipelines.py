@@ -346,6 +346,21 @@ def hotswap_in_place(mgr: AdapterManager, name: str, mapping: Mapping[str, Adapt
             mgr.version += 1
 
 
+def warm_caches(mgr: AdapterManager) -> None:
+    """Build every module's combined tensors now, for the module's own device and dtype.
+
+    A compiled model whose first traced call finds the caches empty traces the "build" branch and recompiles on the
+    next call; warming them before ``torch.compile`` (done after every load into a model prepared with
+    ``enable_lora_hotswap``) makes the first compile the only one.
+    """
+    with mgr.lock:
+        for slot in mgr.slots.values():
+            w = slot.module.weight
+            c = slot.cache
+            if c is None or c.version != mgr.version or c.device != w.device or c.dtype != w.dtype:
+                slot.cache = mgr.build_combined(slot, w.device, w.dtype, keep_graph=False)
+
+
 # ---------------------------------------------------------------------------------------------------- core load
 def _load_components(
     models: Mapping[str, nn.Module],
@@ -369,6 +384,7 @@ def _load_components(
             plans[comp] = _prepare_hotswap(mgr, name, mapping, comp, rank)
         for comp, full in plans.items():
             hotswap_in_place(get_manager(models[comp]), name, full)  # type: ignore[arg-type]
+            warm_caches(get_manager(models[comp]))  # type: ignore[arg-type]
             info_d = get_manager(models[comp]).info.setdefault(name, {})  # type: ignore[union-attr]
             info_d.update(info or {})
         logger.info("hotswapped adapter %r in %s", name, summarize(plans))
@@ -385,6 +401,8 @@ def _load_components(
     for mgr, padded, comp in staged:
         mgr.add_adapter(name, padded, weight=float(weights.get(comp, 1.0)), info=dict(info or {}, component=comp))
         _install_scale_hooks(mgr.model)
+        if _model_state(mgr.model).get("hotswap_target_rank") is not None:
+            warm_caches(mgr)
     logger.info("loaded adapter %r into %s", name, summarize(c for _, _, c in staged))
 
 

@@ -18,7 +18,6 @@ def test_hotswap_compiled_unet_does_not_recompile() -> None:
     pipe = lorakit.attach(fresh("sd1"))
     pipe.enable_lora_hotswap(target_rank=8)
     pipe.load_lora_weights(make_lora(base, ["unet", "text_encoder"], family="sd1", rank=4, seed=0), adapter_name="a")
-    denoise(pipe, "sd1")  # one eager call builds lorakit's per-module caches before tracing
     dynamo.reset()
     counters.clear()
     eager_unet = pipe.unet
