@@ -137,6 +137,10 @@ class InspectReport:
                         + (f", {cov['error']}" if cov.get("error") else ""),
                     )
                 )
+        skipped = (self.conversion_report or {}).get("skipped") if isinstance(self.conversion_report, dict) else None
+        if skipped:
+            reasons = Counter(str(s.get("reason")) for s in skipped if isinstance(s, dict))
+            rows.append(("skipped keys", f"{len(skipped)} ({_fmt_counts(dict(reasons.most_common()))})"))
         for w in self.warnings:
             rows.append(("warning", w))
         width = max(len(k) for k, _ in rows)
@@ -480,6 +484,15 @@ def coverage_from_report(
 # ----------------------------------------------------------------------------------------------- inspect
 _FAMILY_DISPLAY = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "amused": "aMUSEd"}
 
+_ALPHA_SOURCE_NAMES = {
+    "tensor": "per-module .alpha tensors",
+    "default (rank)": "none in the file (alpha = rank, scale 1)",
+    "lora_adapter_metadata": "diffusers lora_adapter_metadata",
+    "adapter_config": "PEFT adapter_config",
+    "ss_network_alpha": "kohya ss_network_alpha",
+}
+
+
 def _alpha_source(state_keys: list[str], metadata: Mapping[str, str], report: Any) -> str:
     if isinstance(report, Mapping) and isinstance(report.get("components"), Mapping):
         per = {
@@ -488,6 +501,7 @@ def _alpha_source(state_keys: list[str], metadata: Mapping[str, str], report: An
             if isinstance(v, Mapping) and v.get("alpha_source") and v.get("alpha_source") != "none"
         }
         if per:
+            per = {c: _ALPHA_SOURCE_NAMES.get(str(a), str(a)) for c, a in per.items()}
             values = set(per.values())
             return next(iter(values)) if len(values) == 1 else "; ".join(f"{c}: {a}" for c, a in per.items())
     if isinstance(report, Mapping):

@@ -266,3 +266,21 @@ def test_unknown_layout_raises(tmp_path: Path) -> None:
     with pytest.raises(errors.KeyMismatchError) as ei:
         inspect(p)
     assert str(p) in str(ei.value)
+
+
+def test_skipped_keys_and_alpha_source_in_table(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    sd = {
+        f"{base}.lora_down.weight": torch.randn(4, 768, generator=g),
+        f"{base}.lora_up.weight": torch.randn(320, 4, generator=g),
+        f"{base}.alpha": torch.tensor(2.0),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.oft_blocks": torch.randn(4, 80, 80, generator=g),
+    }
+    p = tmp_path / "k.safetensors"
+    save_file(sd, str(p))
+    rep = inspect(p)
+    assert rep.format.startswith("kohya") or "kohya" in rep.format
+    assert rep.alphas == {"2": 1} and rep.alpha_source == "per-module .alpha tensors"
+    table = rep.format_table()
+    assert "skipped keys" in table and "unsupported kind" in table
