@@ -336,7 +336,14 @@ def _read_pickle(path: str, display: str) -> tuple[dict[str, Tensor], dict[str, 
                 break
     if not isinstance(obj, dict):
         raise FormatError(f"{display}: holds a {type(obj).__name__}, not a dict of tensors")
-    return obj, {}
+    # training scripts sometimes store plain values beside the tensors ("epoch", "global_step", "name"): keys
+    # without a dot are not module keys, so keep those as metadata instead of refusing the file
+    meta: dict[str, str] = {}
+    for key in [k for k, v in obj.items() if isinstance(k, str) and "." not in k and isinstance(v, (str, int, float, bool))]:
+        meta[key] = str(obj.pop(key))
+    if meta:
+        logger.debug("%s: kept %d non-tensor entries as metadata: %s", display, len(meta), summarize(meta))
+    return obj, meta
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -381,7 +388,8 @@ def read_file(path: str | os.PathLike[str], *, display: str | None = None) -> tu
     """Read one checkpoint file (safetensors, or a pickle through ``weights_only=True``) and validate it.
 
     Returns:
-        ``(state_dict, metadata)``; metadata is the safetensors ``__metadata__`` (empty for pickles), plus
+        ``(state_dict, metadata)``; metadata is the safetensors ``__metadata__`` (for pickles: plain top-level
+        values such as ``epoch``, as strings), plus
         ``adapter_config`` (the JSON text of ``adapter_config.json``) for a raw PEFT ``adapter_model.*`` file
         that has one beside it.
 

@@ -409,3 +409,12 @@ def test_urls_are_not_fetched(url: str) -> None:
     with pytest.raises(errors.SourceNotFoundError) as ei:
         read_source(url)
     assert url in one_line(ei.value) and "download" in str(ei.value)
+
+
+def test_pickle_plain_values_become_metadata(tmp_path: Path) -> None:
+    sd = lora_sd()
+    p = tmp_path / "trainer.pt"
+    torch.save({**sd, "epoch": 3, "name": "style"}, p)
+    out, meta, _ = read_source(p)
+    assert_same(out, sd)
+    assert meta == {"epoch": "3", "name": "style"}
