@@ -400,11 +400,17 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
             data = report.to_dict()
             landed: dict[str, dict[str, Any]] = {}
             skipped: list[dict[str, Any]] = []
+            landing_error = None
             if pipe is not None:
-                landed, conv_report = _landed(src, pipe, args.weight_name)
-                skipped = _skipped(conv_report)
+                try:
+                    landed, conv_report = _landed(src, pipe, args.weight_name)
+                    skipped = _skipped(conv_report)
+                except LorakitError as exc:  # e.g. shapes of another family: the report says so, inspect goes on
+                    landing_error = str(exc)
+                    skipped = _skipped(getattr(exc, "report", None))
                 data["landed"] = landed
                 data["not_landed"] = skipped
+                data["landing_error"] = landing_error
         except LorakitError as exc:
             if args.verbose:
                 traceback.print_exc(file=console.err)
@@ -419,6 +425,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
             console.result()
         console.result(report.format_table())
         if pipe is not None:
+            if landing_error:
+                console.result(f"cannot load into {args.model}: {landing_error}")
             _print_landing(console, landed, skipped, show_all=args.modules)
     if args.json:
         console.result(json.dumps(results, indent=2))
@@ -446,6 +454,8 @@ def _print_landing(console: Console, landed: dict[str, dict[str, Any]], skipped:
             console.result(f"    {s['key']}: {s['reason']}{hint}")
     elif landed:
         console.result("every key lands")
+    elif not skipped:
+        console.result("nothing lands")
 
 
 # ----------------------------------------------------------------------------------------------- convert

@@ -391,3 +391,17 @@ def test_lora_dir_from_the_environment(capsys: pytest.CaptureFixture[str], lora_
                          "--steps", "1", "-o", str(out_png))
     assert code == 0, err
     assert "loaded LoRA 'detail'" in out and out_png.is_file()
+
+
+def test_inspect_a_lora_that_does_not_fit_the_model(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path,
+                                                    tiny_sd1: Path) -> None:
+    """Real-SD1 shapes against the tiny SD1: the report says what does not land and why; inspect itself succeeds."""
+    code, out, err = run(capsys, "inspect", "--json", "--model", str(tiny_sd1), str(real_sd1_lora))
+    assert code == 0, err
+    (data,) = json.loads(out)
+    assert "do not fit" in data["landing_error"]
+    reasons = {s["reason"] for s in data["not_landed"]}
+    assert "shape mismatch" in reasons
+    code, out, err = run(capsys, "inspect", "--model", str(tiny_sd1), str(real_sd1_lora))
+    assert code == 0, err
+    assert "cannot load into" in out and "does not land" in out
