@@ -358,3 +358,43 @@ def test_save_adapter_diffusers_layout_loads_identically_in_diffusers(tmp_path: 
     save_adapter(mgr, tmp_path, to="diffusers")
     assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
     assert rel_err(run(diffusers_load(tmp_path)), ours) <= 1e-5
+
+
+def test_text_encoder_metadata_loads_identically_in_diffusers(tmp_path: Path) -> None:
+    """UNet + text encoder (transformers 5 flattened CLIPTextModel) with per-module alphas, both through
+    write_lora_layers + peft_metadata, loaded by diffusers' pipeline: every component reproduces lorakit."""
+    from diffusers import StableDiffusionPipeline
+
+    comps = tiny_components("sd1")
+    te = comps["text_encoder"]
+    g = torch.Generator().manual_seed(11)
+    te_mods = dict(te.named_modules())
+    te_map: dict[str, LoRA] = {}
+    for path, r, alpha in [
+        ("encoder.layers.0.self_attn.q_proj", 4, 8.0),
+        ("encoder.layers.0.self_attn.v_proj", 2, 1.0),
+        ("encoder.layers.1.mlp.fc1", 4, 2.0),
+        ("encoder.layers.1.self_attn.out_proj", 4, 8.0),
+    ]:
+        w = te_mods[path].weight
+        te_map[path] = LoRA(down=torch.randn(r, w.shape[1], generator=g) * 0.3, up=torch.randn(w.shape[0], r, generator=g) * 0.3, alpha=alpha)
+    unet = comps["unet"]
+    unet_map = reference_adapters(unet)
+    ids = torch.randint(0, 500, (1, 7), generator=g)
+    get_manager(te).add_adapter("x", te_map)
+    get_manager(unet).add_adapter("x", unet_map)
+    with torch.no_grad():
+        ours_te = te(ids).last_hidden_state
+    ours_unet = run(unet)
+
+    write_lora_layers(
+        tmp_path,
+        {"unet": diffusers_layers(unet_map), "text_encoder": diffusers_layers(te_map)},
+        metadata={"unet": peft_metadata(unet_map), "text_encoder": peft_metadata(te_map)},
+    )
+    pipe = StableDiffusionPipeline(**tiny_components("sd1"))
+    pipe.load_lora_weights(str(tmp_path), adapter_name="x")
+    with torch.no_grad():
+        theirs_te = pipe.text_encoder(ids).last_hidden_state
+    assert rel_err(theirs_te, ours_te) <= 1e-5
+    assert rel_err(run(pipe.unet), ours_unet) <= 1e-5
