@@ -61,14 +61,13 @@ UNET_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(UNET_CASES))
-@pytest.mark.parametrize("layout", ["peft", "intermediate"])
+@pytest.mark.parametrize(
+    "case,layout", [(c, "peft") for c in UNET_CASES] + [("patterns", "intermediate")]
+)
 def test_unet_file_written_by_peft_and_diffusers(tmp_path, case, layout):
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    if layout == "intermediate" and case != "patterns":
-        pytest.skip("the training-script layout only differs for q/k/v/out")
     base = tiny_unet("sd1")
     peft_model, sd, cfg = _inject(base, **UNET_CASES[case])
     if layout == "intermediate":  # what train_dreambooth_lora.py saves: a mixed .lora.down + lora_A file
