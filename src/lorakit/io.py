@@ -538,8 +538,8 @@ def _hub_download(repo_id: str, filename: str, display: str, **kwargs: Any) -> s
         raise SourceNotFoundError(f"{repo_id}: revision {kwargs.get('revision')!r} not found on the Hub") from None
     except hf_errors.EntryNotFoundError:
         raise SourceNotFoundError(f"{display}: no such file in the Hub repository") from None
-    except (hf_errors.HfHubHTTPError, OSError) as exc:
-        raise SourceNotFoundError(f"{display}: download failed ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    except Exception as exc:  # noqa: BLE001 - HTTP / network / httpx errors of any huggingface_hub version
+        raise SourceNotFoundError(f"{display}: download failed ({_describe(exc)})") from None
 
 
 def _hub_weight_name(
@@ -570,9 +570,10 @@ def _hub_weight_name(
             raise SourceNotFoundError(
                 f"{repo_id}: not a local file or folder and not a Hub repository you can access (private? pass token=)"
             ) from None
-        except (hf_errors.HfHubHTTPError, OSError) as exc:
-            raise SourceNotFoundError(f"{repo_id}: cannot list the repository files ({exc.__class__.__name__}); "
-                                      "pass weight_name= or check the connection") from None
+        except Exception as exc:  # noqa: BLE001 - HTTP / network / httpx errors of any huggingface_hub version
+            raise SourceNotFoundError(
+                f"{repo_id}: cannot list the repository files ({_describe(exc)}); pass weight_name= or check the connection"
+            ) from None
     rel = [f[len(prefix):] for f in files if f.startswith(prefix)]
     return choose_weight_name(rel, where, use_safetensors)
 

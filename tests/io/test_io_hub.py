@@ -233,3 +233,18 @@ def test_inspect_from_the_offline_cache(tmp_path: Path) -> None:
     rep = inspect("someone/lora", cache_dir=tmp_path, local_files_only=True)
     assert rep.source == "hf://someone/lora/pytorch_lora_weights.safetensors"
     assert rep.header_only and rep.num_tensors == 2
+
+
+def test_network_failures_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    class ConnectError(Exception):  # what httpx raises: not an OSError
+        pass
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", boom)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
+    with pytest.raises(errors.SourceNotFoundError, match="cannot list.*name resolution"):
+        read_source("org/repo", local_files_only=False)
+    with pytest.raises(errors.SourceNotFoundError, match="download failed.*name resolution"):
+        read_source("org/repo", weight_name="w.safetensors", local_files_only=False)
