@@ -218,7 +218,7 @@ def _convert(
         except LorakitError:
             raise
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            detail = f"key {group.first_key!r} -> {comp} module {first_path!r}: tensors {B_shapes(group)} do not fit ({exc})"
+            detail = f"key {group.first_key!r} -> {comp} module {first_path!r}: tensors {_shapes(group)} do not fit ({exc})"
             skip(group, R.SHAPE_MISMATCH, detail, comp)
             shape_errors.append((group.first_key, detail))
             continue
@@ -248,7 +248,7 @@ def _convert(
     return _Outcome(adapters, report, shape_errors)
 
 
-def B_shapes(group: B.Group) -> dict[str, tuple[int, ...]]:
+def _shapes(group: B.Group) -> dict[str, tuple[int, ...]]:
     return {r: tuple(t.shape) for r, t in group.tensors.items()}
 
 

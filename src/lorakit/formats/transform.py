@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from ..kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
-from ..kinds.base import f32
 
 
 class NotSeparable(Exception):
@@ -113,7 +112,3 @@ def swap_halves(kind: AdapterKind, total: int, in_shape: tuple[int, ...]) -> Ada
     rows = torch.cat([torch.arange(half, total), torch.arange(0, half)])
     return select_rows(kind, rows, total, in_shape)
 
-
-def dense_rows(kind: AdapterKind, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Exact dense delta of selected rows (used by tests and fallbacks)."""
-    return f32(kind.delta_weight(torch.empty(shape, device="meta")))[rows]
