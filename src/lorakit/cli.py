@@ -2,8 +2,9 @@
 
 Run ``lorakit --help`` or ``python -m lorakit --help``; ``docs/cli.md`` has an example per subcommand.
 
-Conventions: results go to stdout, progress and log lines to stderr; ``-q`` keeps only results and errors, ``-v``
-adds lorakit's info/debug logs and full tracebacks. Errors print one line ``lorakit: error: ...`` and exit 1 (2 for
+Conventions: results and step lines (``[ 0.12 s] loaded ...``) go to stdout, step lines move to stderr when stdout
+carries ``--json``; warnings, logs, progress bars and errors go to stderr. ``-q`` keeps only results and errors,
+``-v`` adds lorakit's info/debug logs and full tracebacks. Errors print one line ``lorakit: error: ...`` and exit 1 (2 for
 a bad command line). Heavy imports (torch, diffusers) happen inside the subcommands so that ``--help`` is instant.
 """
 
@@ -66,7 +67,7 @@ class Console:
 
     @contextmanager
     def step(self, label: str) -> Iterator[dict[str, Any]]:
-        """Time a step and print ``label (1.23 s)`` when it ends; the yielded dict may add ``note``."""
+        """Time a step and print ``[  1.23 s] label: note`` when it ends (the yielded dict may set ``note``)."""
         extra: dict[str, Any] = {}
         t0 = time.perf_counter()
         yield extra
@@ -100,11 +101,10 @@ def _setup_library_logging(verbosity: int) -> None:
         from transformers.utils import logging as tlog
     except Exception:  # noqa: BLE001 - logging setup must never break a command
         return
-    lib_level = logging.ERROR if verbosity < 1 else logging.WARNING if verbosity < 2 else logging.INFO
-    dlog.set_verbosity(lib_level if verbosity >= 0 else logging.ERROR)
-    dlog.set_verbosity(logging.WARNING if verbosity == 0 else lib_level)
-    # transformers warns at import time about optional backends (torchvision) that do not matter here
-    tlog.set_verbosity(lib_level)
+    # diffusers: -q errors, default and -v warnings, -vv info. transformers one step quieter: by default it warns
+    # about optional backends (torchvision) and deprecations that say nothing about the user's command.
+    dlog.set_verbosity({-1: logging.ERROR, 0: logging.WARNING, 1: logging.WARNING}.get(verbosity, logging.INFO))
+    tlog.set_verbosity({-1: logging.ERROR, 0: logging.ERROR, 1: logging.WARNING}.get(verbosity, logging.INFO))
     if verbosity < 0:
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
@@ -188,7 +188,7 @@ def saved_dtype(model: str) -> Any:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def load_pipeline(model: str, *, dtype: Any = None, device: str = "cpu", console: Console | None = None) -> Any:
+def load_pipeline(model: str, *, dtype: Any = None, device: str = "cpu") -> Any:
     """Load a diffusers pipeline from a local folder or Hub id (``DiffusionPipeline.from_pretrained``), or build a
     tiny seeded one for ``tiny:sd1`` / ``tiny:sd2`` / ``tiny:sdxl`` / ``tiny:sd3`` / ``tiny:amused``.
 
@@ -315,6 +315,9 @@ def load_loras(pipe: Any, specs: Sequence[Any], console: Console) -> list[Any]:
         reports.append(rep)
         for line in _report_lines(rep):
             console.info(line)
+        total, matched = getattr(rep, "total_keys", 0), getattr(rep, "matched_keys", 0)
+        if total and matched < total:  # partial loads are never silent, not even with -q
+            console.warn(f"LoRA {spec.name!r}: {total - matched} of {total} keys did not land (see its load report)")
     if specs:
         pipe.set_adapters([s.name for s in specs], adapter_weights=[adapter_weight(pipe, s) for s in specs])
     return reports
@@ -390,7 +393,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     pipe = None
     if args.model:
         with console.step(f"loaded {args.model} for coverage") as st:
-            pipe = load_pipeline(args.model, dtype=None, device="cpu", console=console)
+            pipe = load_pipeline(args.model, dtype=None, device="cpu")
             st["note"] = type(pipe).__name__
     results: list[dict[str, Any]] = []
     failed = 0
@@ -505,7 +508,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     dtype = resolve_dtype(args.dtype, device)
     t_start = time.perf_counter()
     with console.step(f"loaded {args.model}") as st:
-        pipe = load_pipeline(args.model, dtype=dtype, device=device, console=console)
+        pipe = load_pipeline(args.model, dtype=dtype, device=device)
         st["note"] = f"{type(pipe).__name__} ({family_of(pipe)}) on {device}, {str(dtype).replace('torch.', '')}"
     attach(pipe)
     load_loras(pipe, specs, console)
@@ -567,7 +570,7 @@ def cmd_bake(args: argparse.Namespace, console: Console) -> int:
     device = resolve_device(args.device)
     dtype = saved_dtype(args.model) if args.dtype is None else resolve_dtype(args.dtype, device)
     with console.step(f"loaded {args.model}") as st:
-        pipe = load_pipeline(args.model, dtype=dtype, device=device, console=console)
+        pipe = load_pipeline(args.model, dtype=dtype, device=device)
         how = "as saved" if args.dtype is None else "--dtype"
         st["note"] = f"{type(pipe).__name__} ({family_of(pipe)}), {str(dtype or 'default dtype').replace('torch.', '')} ({how})"
     comps = module_components(pipe)

@@ -96,17 +96,25 @@ def test_inspect_table_and_json(capsys: pytest.CaptureFixture[str], real_sd1_lor
     assert data[0]["ranks"] == {"2": 4}
 
 
-def test_inspect_with_model_reports_coverage(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
-                                             lora_dir: Path, tmp_path: Path) -> None:
+STRAY = "lora_unet_down_blocks_7_attentions_0_proj_in"
+
+
+def stray_lora(lora_dir: Path, tmp_path: Path) -> Path:
+    """style.safetensors plus one module the tiny model does not have."""
     from safetensors.torch import load_file, save_file
 
-    # one module the tiny model does not have: it must be listed as not landing
     sd = load_file(str(lora_dir / "style.safetensors"))
-    stray = "lora_unet_down_blocks_7_attentions_0_proj_in"
-    sd[f"{stray}.lora_down.weight"] = torch.zeros(4, 16)
-    sd[f"{stray}.lora_up.weight"] = torch.zeros(16, 4)
+    sd[f"{STRAY}.lora_down.weight"] = torch.zeros(4, 16)
+    sd[f"{STRAY}.lora_up.weight"] = torch.zeros(16, 4)
     path = tmp_path / "stray.safetensors"
     save_file(sd, str(path))
+    return path
+
+
+def test_inspect_with_model_reports_coverage(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
+                                             lora_dir: Path, tmp_path: Path) -> None:
+    path = stray_lora(lora_dir, tmp_path)
+    stray = STRAY
 
     code, out, err = run(capsys, "inspect", "--json", "--model", str(tiny_sd1), str(path))
     assert code == 0, err
@@ -141,6 +149,8 @@ def test_inspect_errors(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path,
     code, _, err = run(capsys, "inspect", str(garbage))
     assert code == 1 and err.startswith("lorakit: error:") and "Traceback" not in err
     code, _, err = run(capsys, "inspect", "-v", str(garbage))
+    assert code == 1 and "Traceback" in err
+    code, _, err = run(capsys, "-v", "inspect", str(garbage))  # before the subcommand too
     assert code == 1 and "Traceback" in err
 
 
@@ -405,3 +415,12 @@ def test_inspect_a_lora_that_does_not_fit_the_model(capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "inspect", "--model", str(tiny_sd1), str(real_sd1_lora))
     assert code == 0, err
     assert "cannot load into" in out and "does not land" in out
+
+
+def test_generate_warns_about_keys_that_do_not_land(capsys: pytest.CaptureFixture[str], lora_dir: Path,
+                                                   tmp_path: Path) -> None:
+    path = stray_lora(lora_dir, tmp_path)
+    code, out, err = run(capsys, "-q", "generate", "--model", "tiny:sd1", "--lora", str(path), "--prompt", "a cat",
+                         "--steps", "1", "-o", str(tmp_path / "s.png"))
+    assert code == 0, err
+    assert "LoRA 'stray': 2 of 344 keys did not land" in err
