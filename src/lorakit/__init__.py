@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from . import errors, kinds
+from .convert import ConvertReport, convert
+from .inspect import InspectReport, inspect
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .manager import AdapterManager, get_manager
 from .pipelines import (
@@ -24,6 +26,8 @@ __all__ = [
     "AdapterKind",
     "AdapterManager",
     "AmusedLoraLoaderMixin",
+    "ConvertReport",
+    "InspectReport",
     "DoRA",
     "Full",
     "LoHa",
@@ -34,7 +38,9 @@ __all__ = [
     "StableDiffusionLoraLoaderMixin",
     "StableDiffusionXLLoraLoaderMixin",
     "attach",
+    "convert",
     "errors",
     "get_manager",
+    "inspect",
     "kinds",
 ]
