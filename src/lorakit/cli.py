@@ -359,16 +359,49 @@ def _landed(path: str, pipe: Any, weight_name: str | None) -> tuple[dict[str, di
 
     sd, metadata, name = lio.read_source(path, weight_name=weight_name)
     conv = formats.to_canonical(sd, metadata, module_components(pipe), source=name)
+    # Which file keys feed which module, without knowing the layout: the canonical kinds hold the file's tensors
+    # (or views of them), so a shared storage links a key to its module. Keys whose values were copied (cast,
+    # reshaped by a converter) or folded into a number (alphas) are not listed.
+    owner: dict[int, list[str]] = {}
+    for key, t in sd.items():
+        if t.numel() > 1:
+            owner.setdefault(t.untyped_storage().data_ptr(), []).append(key)
     landed: dict[str, dict[str, Any]] = {}
     for comp, mapping in conv.adapters.items():
         for mod, kind in sorted(mapping.items()):
             alpha = getattr(kind, "alpha", None)
+            keys: list[str] = []
+            for _, t in _kind_tensors(kind):
+                for key in owner.get(t.untyped_storage().data_ptr(), []):
+                    if key not in keys:
+                        keys.append(key)
             landed.setdefault(comp, {})[mod] = {
                 "kind": kind.kind_name,
                 "rank": kind.rank,
                 "alpha": None if alpha is None else float(alpha),
+                "keys": sorted(keys),
             }
     return landed, conv.report
+
+
+def _kind_tensors(kind: Any) -> list[tuple[str, Any]]:
+    named = getattr(kind, "named_tensors", None)
+    try:
+        items = named() if callable(named) else []
+        return list(items.items()) if isinstance(items, dict) else list(items)
+    except Exception:  # noqa: BLE001 - key attribution is best effort, for display only
+        return []
+
+
+def _key_stem(keys: Sequence[str]) -> str:
+    """``a.lora_down.weight``, ``a.lora_up.weight`` -> ``a.{lora_down.weight, lora_up.weight}``."""
+    if not keys:
+        return "-"
+    if len(keys) == 1:
+        return keys[0]
+    prefix = os.path.commonprefix(list(keys))
+    cut = prefix.rfind(".") + 1 if "." in prefix else 0
+    return f"{keys[0][:cut]}{{{', '.join(k[cut:] for k in keys)}}}" if cut else ", ".join(keys)
 
 
 def _skipped(report: Any) -> list[dict[str, Any]]:
@@ -446,7 +479,7 @@ def _print_landing(console: Console, landed: dict[str, dict[str, Any]], skipped:
                 console.result(f"    … {len(mods) - limit} more (--modules lists all)")
                 break
             alpha = "-" if k["alpha"] is None else f"{k['alpha']:g}"
-            console.result(f"    {comp}.{mod}  {k['kind']} rank {k['rank']} alpha {alpha}")
+            console.result(f"    {_key_stem(k['keys'])} -> {comp}.{mod}  ({k['kind']}, rank {k['rank']}, alpha {alpha})")
     if skipped:
         console.result(f"does not land: {len(skipped)} keys")
         for j, s in enumerate(skipped):

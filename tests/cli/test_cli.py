@@ -123,14 +123,18 @@ def test_inspect_with_model_reports_coverage(capsys: pytest.CaptureFixture[str],
     assert data["coverage"]["text_encoder"]["matched"] == 18
     assert len(data["landed"]["unet"]) == 96
     assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in data["landed"]["unet"]
-    assert data["landed"]["unet"]["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]["rank"] == 4
+    to_q = data["landed"]["unet"]["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]
+    assert to_q["rank"] == 4 and to_q["alpha"] == 2.0 and to_q["kind"] == "lora"
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert to_q["keys"] == [f"{stem}.lora_down.weight", f"{stem}.lora_up.weight"]  # which keys feed the module
     not_landed = {s["key"] for s in data["not_landed"]}
     assert any(k.startswith(stray) for k in not_landed)
 
     code, out, err = run(capsys, "inspect", "--model", str(tiny_sd1), "--modules", str(path))
     assert code == 0, err
     assert "lands on unet: 96 modules" in out
-    assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in out
+    assert ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.{lora_down.weight, "
+            "lora_up.weight} -> unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") in out
     assert "does not land" in out and stray in out
 
 
