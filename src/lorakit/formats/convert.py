@@ -187,17 +187,17 @@ def _convert(
             continue
         assert isinstance(target, Target)
         idx = indexes[comp]
-        rank = B.rank_of(group, kind_name)
-        t_alpha = B.scalar(group.tensors["alpha"], group.keys["alpha"]) if "alpha" in group.tensors else None
-        t_scale = B.scalar(group.tensors["scale"], group.keys["scale"]) if "scale" in group.tensors else None
         first_path = target.paths[0]
-        alpha, src = resolve_alpha(ctx, comp, _alpha_names(first_path), rank, t_alpha, t_scale, _is_kxk(group))
-        if t_alpha is not None:
-            cfg = ctx.config(comp)
-            meta_alpha = cfg.alpha_for(_alpha_names(first_path)) if cfg is not None else None
-            if meta_alpha is not None and meta_alpha != t_alpha:
-                alpha_conflicts[comp] += 1
         try:
+            rank = B.rank_of(group, kind_name)
+            t_alpha = B.scalar(group.tensors["alpha"], group.keys["alpha"]) if "alpha" in group.tensors else None
+            t_scale = B.scalar(group.tensors["scale"], group.keys["scale"]) if "scale" in group.tensors else None
+            alpha, src = resolve_alpha(ctx, comp, _alpha_names(first_path), rank, t_alpha, t_scale, _is_kxk(group))
+            if t_alpha is not None:
+                cfg = ctx.config(comp)
+                meta_alpha = cfg.alpha_for(_alpha_names(first_path)) if cfg is not None else None
+                if meta_alpha is not None and meta_alpha != t_alpha:
+                    alpha_conflicts[comp] += 1
             kind = B.build(group, kind_name, alpha)
             kind = B.wrap_dora(group, kind)
             placed = _place(kind, target, idx, ctx, group)
@@ -206,6 +206,8 @@ def _convert(
                 check_kind_fits(k, idx.modules[path], where)
         except B.Skip as s:
             skip(group, s.reason, s.detail, comp)
+            if s.reason == R.SHAPE_MISMATCH:
+                shape_errors.append((group.first_key, f"key {group.first_key!r}: {s.detail}"))
             continue
         except ShapeMismatchError as exc:
             detail = str(exc)
@@ -343,7 +345,10 @@ def to_canonical(
         indexes = {c: build_index(m, c) for c, m in comps.items()}
         outcome = _convert(groups, list(skipped_pre), indexes, ctx, len(sd), source, fmt, family)
     else:
-        if not isinstance(components, Mapping) or not all(isinstance(m, nn.Module) for m in components.values()):
+        if not isinstance(components, Mapping):
+            raise FormatError(f"{source}: components must map names to torch modules")
+        components = {c: m for c, m in components.items() if m is not None}  # e.g. SD3 without T5
+        if not all(isinstance(c, str) and isinstance(m, nn.Module) for c, m in components.items()):
             raise FormatError(f"{source}: components must map names to torch modules")
         family = family_of_components(components)
         indexes = {c: build_index(m, c) for c, m in components.items()}

@@ -258,6 +258,8 @@ def from_canonical(
         >>> sd, meta = from_canonical(conv.adapters, "kohya", family="sdxl")  # doctest: +SKIP
     """
     adapters = _check(adapters)
+    if isinstance(family, str):
+        family = family.lower()
     if family is not None and family not in FAMILIES:
         raise FormatError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
     if to == "diffusers":
