@@ -154,7 +154,7 @@ def snapshot(pipe: Any, *, outputs: bool = True) -> Snapshot:
         }
         s.hooks[comp] = _hooks(model)
         mgr = lorakit.get_manager(model, create=False)
-        if mgr is not None:
+        if mgr is not None and (mgr.adapters or mgr.slots):  # an empty manager is no state
             s.managers[comp] = {
                 "adapters": mgr.list_adapters(),
                 "active": list(mgr.active),

@@ -366,3 +366,32 @@ def test_default_mode_loads_and_reports_the_rest(pipe: Any) -> None:
 def test_default_mode_raises_on_zero_matches(pipe: Any) -> None:
     sd = {"unet.nowhere.lora_A.weight": torch.randn(2, 16), "unet.nowhere.lora_B.weight": torch.randn(16, 2)}
     check_fails(pipe, lambda: pipe.load_lora_weights(sd, adapter_name="z"), errors.KeyMismatchError, "no key matched", "nowhere")
+
+
+_INCOMPLETE = {
+    "up-only": ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight", (16, 2)),
+    "down-only": ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight", (2, 16)),
+    "alpha-only": ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.alpha", ()),
+    "half-loha": ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.hada_w1_a", (16, 2)),
+}
+
+
+@pytest.mark.parametrize("variant", ["up-only", "down-only", "alpha-only", "half-loha"])
+def test_incomplete_adapter_is_reported_in_default_mode(variant: str) -> None:
+    pipe = new_pipe("sd1")
+    sd = lora_dict(pipe, seed=5, targets={"unet": ("attn1.to_k", "attn2.to_v")})
+    key, shape = _INCOMPLETE[variant]
+    sd[key] = torch.randn(shape) if shape else torch.tensor(2.0)
+    pipe.load_lora_weights(sd, adapter_name="partial")
+    report = lorakit.get_manager(pipe.unet).info["partial"]["report"]
+    assert [(s.key, s.reason) for s in report.skipped] == [(key, "incomplete adapter")]
+
+
+@pytest.mark.parametrize("variant", ["up-only", "down-only", "alpha-only", "half-loha"])
+def test_incomplete_adapter_raises_in_strict_mode(pipe: Any, variant: str) -> None:
+    sd = lora_dict(pipe, seed=5, targets={"unet": ("attn1.to_k", "attn2.to_v")})
+    key, shape = _INCOMPLETE[variant]
+    sd[key] = torch.randn(shape) if shape else torch.tensor(2.0)
+    check_fails(
+        pipe, lambda: pipe.load_lora_weights(sd, adapter_name="partial", strict=True), errors.KeyMismatchError, key, "incomplete"
+    )
