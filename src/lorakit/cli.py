@@ -533,6 +533,8 @@ def _lora_plan(args: argparse.Namespace) -> tuple[str, list[Any]]:
 def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     import torch
 
+    if args.steps < 1 or args.num_images < 1:
+        raise CliError(f"--steps and --num-images must be at least 1 (got {args.steps} and {args.num_images})")
     prompt, specs = _lora_plan(args)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):

@@ -275,6 +275,14 @@ def test_generate_model_errors(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert code == 1 and "single-file" in err
     code, _, err = run(capsys, "generate", "--model", "tiny:sd1", "--prompt", "x", "-o", str(tmp_path / "x.txt"))
     assert code == 1 and "image file name" in err
+    code, _, err = run(capsys, "generate", "--model", "tiny:sd1", "--prompt", "x", "--steps", "0", "-o",
+                       str(tmp_path / "x.png"))
+    assert code == 1 and "at least 1" in err
+    code, _, err = run(capsys, "generate", "--model", "tiny:sd9", "--prompt", "x", "-o", str(tmp_path / "x.png"))
+    assert code == 1 and "unknown tiny family" in err
+    code, _, err = run(capsys, "generate", "--model", "tiny:sd1", "--device", "nonsense", "--prompt", "x", "-o",
+                       str(tmp_path / "x.png"))
+    assert code == 1 and "nonsense" in err and err.count("\n") == 1
 
 
 def test_generate_tiny_model_id(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
