@@ -1,11 +1,12 @@
 """``lorakit demo``: the whole path on a tiny seeded pipeline, offline, in seconds.
 
-Steps: build a tiny pipeline from configs (:mod:`lorakit.tiny`), write a LoRA file in kohya layout
-(``lora_unet_*`` / ``lora_te*_*`` keys with ``.alpha``, seeded random tensors, LoCon convs included), inspect it
-against the pipeline, attach lorakit and load it, generate base / LoRA / fused / after-unload images into one labelled
-PNG grid, and check the engine's promises:
+Steps: build a tiny pipeline from configs (:mod:`lorakit.tiny`); write a LoRA in kohya layout (``lora_unet_*`` /
+``lora_te*_*`` keys with ``.alpha``, seeded random tensors, LoCon convs included) and a LyCORIS LoHa in the same
+layout; inspect the LoRA against the pipeline; attach lorakit, load the LoRA, then the LoHa, mix them with
+``set_adapters``, fuse, unfuse, unload; write base / LoRA / LoRA+LoHa / fused / after-unload images into one labelled
+PNG grid; and check the engine's promises:
 
-* the LoRA changes the output (no silent no-op);
+* the LoRA changes the output (no silent no-op), and the LoHa changes it further;
 * fused and unfused outputs agree;
 * ``unfuse_lora`` restores every weight of every component bit for bit;
 * after ``unload_lora_weights`` the output is bit-identical to the base.
