@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import KeyMismatchError, LorakitError, closest, summarize
+from .errors import AdapterWeightError, KeyMismatchError, closest, summarize
 
 __all__ = ["AdapterWeightError", "BlockTable", "TABLES", "table_for", "expand_block_weights"]
 
@@ -62,10 +62,6 @@ TABLES: dict[str, BlockTable] = {
 
 _UNET_LAYER = re.compile(r"^(down|up)_blocks\.(\d+)\.([a-z_]+)\.(\d+)(?:\.|$)")
 _UNET_BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)(?:\.|$)")
-
-
-class AdapterWeightError(LorakitError, ValueError):
-    """An adapter weight spec does not fit (bad value, wrong count, unknown block or too many layer weights)."""
 
 
 def table_for(model: nn.Module) -> BlockTable | None:

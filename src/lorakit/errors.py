@@ -26,6 +26,8 @@ __all__ = [
     "UnsupportedPipelineError",
     "SourceNotFoundError",
     "DestinationExistsError",
+    "AdapterWeightError",
+    "ComponentError",
     "summarize",
     "closest",
 ]
@@ -109,3 +111,11 @@ class SourceNotFoundError(LorakitError, FileNotFoundError):
 
 class DestinationExistsError(LorakitError, FileExistsError):
     """A write would replace an existing file (pass ``overwrite=True``) or the destination is not usable."""
+
+
+class AdapterWeightError(LorakitError, ValueError):
+    """An adapter weight spec does not fit (bad value, wrong count, unknown block or too many layer weights)."""
+
+
+class ComponentError(LorakitError, ValueError):
+    """A component name is not one of the pipeline's LoRA-loadable components."""

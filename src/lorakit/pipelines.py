@@ -31,9 +31,10 @@ from .blocks import AdapterWeightError, expand_block_weights
 from .errors import (
     AdapterExistsError,
     AdapterNotFoundError,
+    ComponentError,
     HotswapError,
     KeyMismatchError,
-    LorakitError,
+    NonFiniteError,
     UnsupportedPipelineError,
     closest,
     summarize,
@@ -53,10 +54,6 @@ __all__ = [
     "StableDiffusionXLLoraLoaderMixin",
     "attach",
 ]
-
-
-class ComponentError(LorakitError, ValueError):
-    """A component name is not one of the pipeline's LoRA-loadable components."""
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -406,6 +403,15 @@ def _load_components(
     logger.info("loaded adapter %r into %s", name, summarize(c for _, _, c in staged))
 
 
+def _restore_fused(mgr: AdapterManager, fused: Mapping[str, Any], weights: Mapping[str, Any]) -> None:
+    """Give ``mgr`` back the fused set ``fused`` (adapter -> fused weight) through its public API."""
+    mgr.unfuse()
+    for name, w in fused.items():
+        mgr.weights[name] = w
+        mgr.fuse([name], lora_scale=1.0)
+    mgr.weights.update(weights)
+
+
 def _default_name(managers: Sequence[AdapterManager]) -> str:
     existing = {n for m in managers for n in m.adapters}
     i = len(existing)
@@ -682,14 +688,31 @@ class LoraBaseMixin:
         if adapter_names is not None:
             adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
             self._lorakit_check_loaded(adapter_names)
+        plan: list[tuple[str, AdapterManager, list[str]]] = []
         for comp, mgr in self._lorakit_managers(comps).items():
-            if adapter_names is None:
-                names = [n for n in mgr.active if n in mgr.adapters]
-            else:
-                names = [n for n in adapter_names if n in mgr.adapters]
+            pool = mgr.active if adapter_names is None else adapter_names
+            names = [n for n in pool if n in mgr.adapters]
             if names:
+                plan.append((comp, mgr, names))
+        if safe_fusing:  # a NaN/Inf adapter tensor anywhere: refuse before any component is written
+            for comp, mgr, names in plan:
+                for n in names:
+                    for path, kind in mgr.adapters[n].items():
+                        if not all(bool(torch.isfinite(t).all()) for _, t in kind.named_tensors() if t.is_floating_point()):
+                            raise NonFiniteError(
+                                f"fusing would write NaN/Inf into {comp} module {path!r} (adapter {n!r}); nothing was fused"
+                            )
+        done: list[tuple[AdapterManager, dict[str, Any], dict[str, Any]]] = []
+        try:
+            for comp, mgr, names in plan:
+                before = (dict(mgr.fused), dict(mgr.weights))
                 mgr.fuse(names, lora_scale=lora_scale, safe_fusing=safe_fusing)
+                done.append((mgr, *before))
                 logger.debug("fused %s into %s", summarize(names), comp)
+        except Exception:
+            for mgr, fused, weights in reversed(done):  # atomic across components: put the earlier ones back
+                _restore_fused(mgr, fused, weights)
+            raise
 
     def unfuse_lora(self, components: list[str] = [], **kwargs: Any) -> None:  # noqa: B006
         """Reverses the effect of :meth:`fuse_lora` (original weights back, bit-exact).

@@ -219,3 +219,34 @@ def test_model_cpu_offload_is_kept() -> None:
     assert float((run(pipe) - run(fresh("sd1"))).abs().max()) <= 1e-6
     if device != "cpu":
         assert pipe.unet.device.type == "cpu"  # offloaded between calls
+
+
+def test_fuse_is_atomic_across_components() -> None:
+    """safe_fusing: an overflow (finite tensors, Inf product) in the text encoder, found after the UNet was fused,
+    puts the UNet back exactly, including an adapter that was fused before."""
+    pipe = lorakit.attach(fresh("sd1"))
+    base = _base("sd1")
+    pipe.load_lora_weights(make_lora(base, ["unet", "text_encoder"], family="sd1", seed=1), adapter_name="ok")
+    pipe.set_adapters(["ok"], [0.7])
+    pipe.fuse_lora(adapter_names=["ok"], lora_scale=0.5)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    before_te = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    out = outputs(pipe, "sd1")
+    huge = make_lora(base, ["unet", "text_encoder"], family="sd1", seed=2)
+    key = next(k for k in huge if k.startswith("text_encoder.") and k.endswith("lora_B.weight"))
+    huge[key] = torch.full_like(huge[key], 1e30)
+    huge[key.replace("lora_B", "lora_A")] = torch.full_like(huge[key.replace("lora_B", "lora_A")], 1e30)
+    pipe.load_lora_weights(huge, adapter_name="huge")
+    pipe.set_adapters(["ok", "huge"], [0.7, 1.0])
+    with pytest.raises(lorakit.errors.NonFiniteError):
+        pipe.fuse_lora(adapter_names=["huge"], safe_fusing=True)
+    assert pipe.fused_loras == {"ok"}
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in pipe.text_encoder.state_dict().items():
+        assert torch.equal(v, before_te[k]), k
+    pipe.set_adapters(["ok"], [0.7])
+    assert_close(outputs(pipe, "sd1"), out, tol=0.0)
+    # errors live in lorakit.errors
+    assert lorakit.errors.ComponentError is ComponentError
+    assert issubclass(lorakit.errors.AdapterWeightError, ValueError)
