@@ -77,40 +77,46 @@ class Console:
         self.info(f"[{dt:6.2f} s] {label}{note}")
 
 
-_HANDLER: logging.Handler | None = None
+@contextmanager
+def logging_for(verbosity: int, libraries: bool = True) -> Iterator[None]:
+    """Logging for one command; everything is put back afterwards (``main`` may run in-process, e.g. in tests).
 
-
-def _setup_logging(verbosity: int) -> None:
-    """-q: errors only; default: warnings; -v: lorakit info; -vv: lorakit debug. Libraries follow one step behind."""
-    global _HANDLER
+    lorakit's logger: -q errors, default warnings, -v info, -vv debug, to stderr. diffusers: -q errors, default and
+    -v warnings, -vv info; transformers one step quieter (by default it warns about optional backends such as
+    torchvision that say nothing about the command). ``-q`` also turns the libraries' progress bars off.
+    """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    root = logging.getLogger("lorakit")
-    if _HANDLER is not None:
-        root.removeHandler(_HANDLER)
-    _HANDLER = logging.StreamHandler(sys.stderr)
-    _HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root.addHandler(_HANDLER)
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _setup_library_logging(verbosity: int) -> None:
-    """diffusers / transformers verbosity and progress bars (imported lazily, only by commands that use them)."""
+    log = logging.getLogger("lorakit")
+    saved = (log.level, log.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    restore: list[Any] = []
+    if libraries:
+        try:
+            from diffusers.utils import logging as dlog
+            from transformers.utils import logging as tlog
+        except Exception:  # noqa: BLE001 - logging setup must never break a command
+            dlog = tlog = None
+        for lib, lib_level in ((dlog, {-1: logging.ERROR, 0: logging.WARNING, 1: logging.WARNING}),
+                               (tlog, {-1: logging.ERROR, 0: logging.ERROR, 1: logging.WARNING})):
+            if lib is None:
+                continue
+            restore.append((lib, lib.get_verbosity(), lib.is_progress_bar_enabled()))
+            lib.set_verbosity(lib_level.get(verbosity, logging.INFO))
+            if verbosity < 0:
+                lib.disable_progress_bar()
     try:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-    except Exception:  # noqa: BLE001 - logging setup must never break a command
-        return
-    # diffusers: -q errors, default and -v warnings, -vv info. transformers one step quieter: by default it warns
-    # about optional backends (torchvision) and deprecations that say nothing about the user's command.
-    dlog.set_verbosity({-1: logging.ERROR, 0: logging.WARNING, 1: logging.WARNING}.get(verbosity, logging.INFO))
-    tlog.set_verbosity({-1: logging.ERROR, 0: logging.ERROR, 1: logging.WARNING}.get(verbosity, logging.INFO))
-    if verbosity < 0:
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-    else:
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+        for lib, verb, bars in restore:
+            lib.set_verbosity(verb)
+            (lib.enable_progress_bar if bars else lib.disable_progress_bar)()
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -752,13 +758,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     verbosity = -1 if args.quiet else args.verbose
-    _setup_logging(verbosity)
     console = Console(quiet=args.quiet, verbose=args.verbose)
     console.json = bool(getattr(args, "json", False))
+    # a plain `inspect` never imports diffusers: do not import it just to set its verbosity
+    libraries = args.command != "inspect" or bool(args.model)
     try:
-        if args.command != "inspect" or args.model or args.verbose:
-            _setup_library_logging(verbosity)
-        return int(args.func(args, console) or 0)
+        with logging_for(verbosity, libraries):
+            return int(args.func(args, console) or 0)
     except BrokenPipeError:  # `lorakit inspect --json x | head`: stop quietly, as Unix tools do
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter from failing at exit flush

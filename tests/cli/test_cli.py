@@ -436,3 +436,18 @@ def test_generate_warns_about_keys_that_do_not_land(capsys: pytest.CaptureFixtur
                          "--steps", "1", "-o", str(tmp_path / "s.png"))
     assert code == 0, err
     assert "LoRA 'stray': 2 of 344 keys did not land" in err
+
+
+def test_main_leaves_logging_as_it_found_it(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path) -> None:
+    """main() runs in-process (tests, notebooks): logger levels, handlers and progress bars are put back."""
+    import logging
+
+    from diffusers.utils import logging as dlog
+
+    log = logging.getLogger("lorakit")
+    before = (log.level, log.propagate, list(log.handlers), dlog.get_verbosity(), dlog.is_progress_bar_enabled())
+    for argv in (["-q", "inspect", str(real_sd1_lora)], ["-vv", "inspect", str(real_sd1_lora)],
+                 ["-q", "inspect", "--model", "tiny:sd1", str(real_sd1_lora)]):
+        assert run(capsys, *argv)[0] == 0
+        assert (log.level, log.propagate, list(log.handlers), dlog.get_verbosity(),
+                dlog.is_progress_bar_enabled()) == before
