@@ -212,6 +212,12 @@ def _install_scale_hooks(model: nn.Module) -> None:
     )
 
 
+def _remove_scale_hooks(model: nn.Module) -> None:
+    handles = _model_state(model).pop("scale_hooks", ())
+    for h in handles:
+        h.remove()
+
+
 @contextlib.contextmanager
 def _call_scale(managers: Sequence[AdapterManager], scale: float) -> Iterator[None]:
     saved = [m.call_scale for m in managers]
@@ -663,9 +669,13 @@ class LoraBaseMixin:
 
     # ---------------------------------------------------------------- state
     def unload_lora_weights(self) -> None:
-        """Unloads the LoRA parameters (fused weights stay fused, as in diffusers; unfuse first to restore)."""
+        """Unloads the LoRA parameters (fused weights stay fused, as in diffusers; unfuse first to restore).
+
+        Every hook lorakit added is removed, the call-scale hooks of the denoiser included.
+        """
         for mgr in self._lorakit_managers().values():
             mgr.unload()
+            _remove_scale_hooks(mgr.model)
 
     def fuse_lora(
         self,

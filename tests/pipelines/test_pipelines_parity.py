@@ -265,6 +265,8 @@ def test_disable_enable_delete_unload(family: str) -> None:
     assert_close(outputs(ours, family), outputs(ref, family))
     ours.unload_lora_weights()
     assert ours.get_list_adapters() == {}
+    for model in ours._lorakit_models().values():  # no hook left behind
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     for k, v in outputs(ours, family).items():
         assert torch.equal(v, base[k]), k
 
