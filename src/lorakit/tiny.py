@@ -1,4 +1,4 @@
-"""Tiny diffusers pipelines for tests, demos and benchmarks: no downloads, seeded, built in well under a second.
+"""Tiny diffusers pipelines for tests, demos and benchmarks: no downloads, seeded, built in ~50 ms (after imports).
 
 Every family lorakit supports has a builder: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"`` and ``"amused"``. The
 models are built from configs (the real architectures at toy widths) with weights drawn from a seeded generator, and
@@ -304,8 +304,8 @@ def tiny_components(
 
     Example:
         >>> comps = tiny_components("sdxl")
-        >>> sorted(comps)[:3]
-        ['scheduler', 'text_encoder', 'text_encoder_2']
+        >>> comps["unet"].config.cross_attention_dim
+        64
     """
     builders = _build(family, with_t5)
     out: dict[str, Any] = {}
