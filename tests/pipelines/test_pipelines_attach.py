@@ -250,3 +250,20 @@ def test_fuse_is_atomic_across_components() -> None:
     # errors live in lorakit.errors
     assert lorakit.errors.ComponentError is ComponentError
     assert issubclass(lorakit.errors.AdapterWeightError, ValueError)
+
+
+def test_tiny_pipelines_are_seeded_and_leave_the_global_rng() -> None:
+    from lorakit.tiny import FAMILIES, tiny_components, tiny_pipeline
+
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    a, b, c = tiny_pipeline("sd1", seed=3), tiny_pipeline("sd1", seed=3), tiny_pipeline("sd1", seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (k, x), y in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert not torch.equal(a.unet.conv_in.weight, c.unet.conv_in.weight)
+    assert tiny_pipeline("sd3", with_t5=False).text_encoder_3 is None
+    assert tiny_components("sdxl", dtype=torch.float16)["unet"].dtype == torch.float16
+    assert set(FAMILIES) == {"sd1", "sd2", "sdxl", "sd3", "amused"}
+    with pytest.raises(ValueError, match="unknown tiny"):
+        tiny_pipeline("sd9")
