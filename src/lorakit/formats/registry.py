@@ -103,7 +103,7 @@ def detect(keys: Iterable[str], metadata: Mapping[str, Any] | None = None) -> li
 
 def format_name(parsed: Iterable[ParsedKey]) -> tuple[str, dict[str, int]]:
     """The dominant convention (``"mixed(a+b)"`` when a second one holds over 10 % of the keys) and per-convention counts."""
-    counts = Counter(p.convention for p in parsed if p.style != NEUTRAL or p.convention)
+    counts = Counter(p.convention for p in parsed)
     if not counts:
         return "unknown", {}
     ranked = counts.most_common()
