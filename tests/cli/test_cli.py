@@ -451,3 +451,25 @@ def test_main_leaves_logging_as_it_found_it(capsys: pytest.CaptureFixture[str], 
         assert run(capsys, *argv)[0] == 0
         assert (log.level, log.propagate, list(log.handlers), dlog.get_verbosity(),
                 dlog.is_progress_bar_enabled()) == before
+
+
+def test_generate_sdxl_te_weight_reaches_both_text_encoders(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    """``<lora:x:te:unet>`` on SDXL: the te weight goes to text_encoder and text_encoder_2."""
+    from lorakit.demo import write_kohya_lora
+    from lorakit.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sdxl")
+    write_kohya_lora(pipe, tmp_path / "xl.safetensors", "sdxl")
+    out_png = tmp_path / "xl.png"
+    code, out, err = run(capsys, "generate", "--model", "tiny:sdxl", "--lora-dir", str(tmp_path), "--prompt",
+                         "a cat <lora:xl:0.5:1.5>", "--steps", STEPS, "-o", str(out_png))
+    assert code == 0, err
+    lorakit.attach(pipe)
+    pipe.load_lora_weights(str(tmp_path / "xl.safetensors"), adapter_name="xl")
+    assert sorted(c for c, names in pipe.get_list_adapters().items() if "xl" in names) == [
+        "text_encoder", "text_encoder_2", "unet"
+    ]
+    pipe.set_adapters(["xl"], adapter_weights=[{"unet": 1.5, "text_encoder": 0.5, "text_encoder_2": 0.5}])
+    want = pipe("a cat", num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0)).images[0]
+    np.testing.assert_array_equal(read_png(out_png), np.asarray(want))
