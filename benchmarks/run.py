@@ -41,6 +41,8 @@ FILE_LABEL = {
     "diffusers": "diffusers-format rank-64, attention only",
 }
 MB = 1e6
+#: groups run in the first round only (unless --repeat-all): inner repeats, or figures that are not timings
+ONCE = ("switch", "rss", "cycles")
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -120,7 +122,7 @@ def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         a["switch"] = {}
         for r in sw:
             for k, v in r.items():
-                if k.startswith(("set_", "switch_", "fwd_")):
+                if k.startswith(("set_", "switch_", "fwd_", "load_dict_")):
                     a["switch"][k] = _min([a["switch"].get(k), v])
                 elif not k.startswith("_"):
                     a["switch"][k] = v
@@ -133,6 +135,7 @@ def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
                 cur = a["forward"]["agreement"].get(k, {"max_abs": 0.0, "rel": 0.0})
                 a["forward"]["agreement"][k] = {x: max(cur[x], v[x]) for x in ("max_abs", "rel")}
             a["forward"]["latent"] = r["latent"]
+            a["forward"]["agree_latent"] = r.get("agree_latent")
         a["rss"] = {}
         for r in results.get("rss", {}).get(tool, []):
             if "_error" in r:
@@ -158,7 +161,7 @@ def cross_tool(paths: dict[str, str]) -> dict[str, dict[str, float]]:
     ref = torch.load(paths["peft"])
     lk = torch.load(paths["lorakit"])
     out = {}
-    for k in ("no_lora", "fused1", "unfused1_lowrank", "unfused3_lowrank", "fused1:te", "unfused1_lowrank:te"):
+    for k in ("no_lora", "fused1", "fused3", "unfused1_lowrank", "unfused3_lowrank", "no_lora:te", "fused1:te", "unfused1_lowrank:te"):
         if k in ref and k in lk:
             d = (ref[k] - lk[k]).abs()
             out[k] = {"max_abs": float(d.max()), "rel": float(d.max() / ref[k].abs().max().clamp_min(1e-12))}
@@ -176,6 +179,14 @@ def _fmt_t(v: float | None) -> str:
     if v < 1:
         return f"{v * 1e3:.0f} ms"
     return f"{v:.2f} s"
+
+
+def _fmt_b(n: float) -> str:
+    if abs(n) >= 10 * MB:
+        return f"{n / MB:.0f} MB"
+    if abs(n) >= MB:
+        return f"{n / MB:.1f} MB"
+    return f"{n / 1e3:.0f} kB"
 
 
 def _ratio(ref: float | None, lk: float | None) -> float | None:
@@ -206,8 +217,7 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         if fname not in lk["ops"] and fname not in ref["ops"]:
             continue
         r, lv = ref["ops"].get(fname, {}), lk["ops"].get(fname, {})
-        size = meta["file_sizes"].get(fname, 0) / MB
-        label = f"{FILE_LABEL[fname]}, {size:.0f} MB"
+        label = f"{FILE_LABEL[fname]}, {_fmt_b(meta['file_sizes'].get(fname, 0))}"
         for op, target, need in (
             ("load_file", "≥ 3×", 3.0),
             ("load_dict", "≥ 3×", 3.0),
@@ -248,22 +258,30 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
                 "flat (≤ 1.5, noise)",
                 None if flat is None else flat <= 1.5,
             )
+        if ls.get("load_dict_last") is not None or rs.get("load_dict_last") is not None:
+            row("load from dict with 3 adapters resident (4th adapter)", rs.get("load_dict_4th"), ls.get("load_dict_4th"),
+                _ratio(rs.get("load_dict_4th"), ls.get("load_dict_4th")), "", None)
+            row(f"load from dict with {res - 1} adapters resident ({res}th adapter)", rs.get("load_dict_last"),
+                ls.get("load_dict_last"), _ratio(rs.get("load_dict_last"), ls.get("load_dict_last")), "", None)
         small = ls.get("small_latent") or rs.get("small_latent")
         for n in ("1", "3"):
             for k in ("3", str(res)):
                 key = f"switch_{n}_of_{k}"
-                lat_r = None if rs.get(key) is None else rs[key] - rs.get(f"fwd_{n}_of_{k}", 0.0)
-                lat_l = None if ls.get(key) is None else ls[key] - ls.get(f"fwd_{n}_of_{k}", 0.0)
+
+                def fs(m: dict[str, Any], key: str = key, n: str = n, k: str = k) -> str:
+                    if m.get(key) is None:
+                        return "n/a"
+                    return f"{_fmt_t(m[key])} (forward alone {_fmt_t(m.get(f'fwd_{n}_of_{k}'))})"
+
                 row(
-                    f"switch latency (set_adapters + deferred work in the next {small}×{small} UNet forward): {n} of {k}",
-                    lat_r, lat_l, _ratio(lat_r, lat_l), "", None,
+                    f"switch: set_adapters + the next {small}×{small} UNet forward (lazy work included), {n} of {k}",
+                    fs(rs), fs(ls), _ratio(rs.get(key), ls.get(key)), "", None,
                 )
     rf, lf = ref["forward"]["times"], lk["forward"]["times"]
     if rf or lf:
         lat = lk["forward"].get("latent") or ref["forward"].get("latent")
-        row(f"UNet forward {lat}×{lat} latents, batch 1: no LoRA loaded", rf.get("no_lora"), lf.get("no_lora"), _ratio(rf.get("no_lora"), lf.get("no_lora")), "", None)
-        row("UNet forward, 1 adapter fused", rf.get("fused1"), lf.get("fused1"), _ratio(rf.get("fused1"), lf.get("fused1")), "", None)
-        row("UNet forward, 3 adapters fused", rf.get("fused3"), lf.get("fused3"), _ratio(rf.get("fused3"), lf.get("fused3")), "", None)
+        row(f"UNet forward {lat}×{lat} latents, batch 1, 1 adapter fused", rf.get("fused1"), lf.get("fused1"),
+            _ratio(rf.get("fused1"), lf.get("fused1")), "", None)
 
         def over(t: dict[str, float], k: str) -> float | None:
             return None if t.get(k) is None or not t.get("fused1") else t[k] / t["fused1"]
@@ -300,22 +318,22 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         def fr(m: dict[str, Any] | None) -> str:
             if m is None:
                 return "n/a"
-            return f"{m['peak_extra'] / MB:.0f} MB = {m['peak_extra'] / m['file_bytes']:.2f}× file (retained {m['retained'] / MB:.0f} MB)"
+            return f"{_fmt_b(m['peak_extra'])} = {m['peak_extra'] / m['file_bytes']:.2f}× file (retained {_fmt_b(m['retained'])})"
 
         ok = None if lv is None else lv["peak_extra"] <= 1.2 * lv["file_bytes"]
-        fsize = (lv or r)["file_bytes"] / MB
-        row(f"peak extra RSS during load from file — {fname} ({fsize:.0f} MB)", fr(r), fr(lv), None, "≤ 1.2× file", ok)
+        fsize = _fmt_b((lv or r)["file_bytes"])
+        row(f"peak extra RSS during load from file — {fname} ({fsize})", fr(r), fr(lv), None, "≤ 1.2× file", ok)
     rc, lc = ref["cycles"], lk["cycles"]
     if rc or lc:
         def fc(c: dict[str, Any] | None) -> str:
             if c is None:
                 return "n/a"
-            return f"{c['growth'] / MB:+.1f} MB ({_fmt_t(c['per_cycle_s'])}/cycle)"
+            return f"{c['growth'] / MB:+.1f} MB ({_fmt_t(c['per_cycle_s'])}/cycle; file {_fmt_b(c['file_bytes'])})"
 
         n = (lc or rc)["cycles"]
-        row(f"RSS growth over {n} load/unload cycles ({meta['cycle_model']})", fc(rc), fc(lc),
-            _ratio(rc and rc["per_cycle_s"], lc and lc["per_cycle_s"]), "< 50 MB",
-            None if lc is None else (lc["growth"] < 50 * MB and n >= 100) if n >= 100 else lc["growth"] < 50 * MB)
+        row(f"RSS growth over {n} load/unload cycles (smaller model, see setup)", fc(rc), fc(lc),
+            _ratio(rc and rc["per_cycle_s"], lc and lc["per_cycle_s"]), "< 50 MB" + ("" if n >= 100 else f" (at 100; {n} run)"),
+            None if lc is None else lc["growth"] < 50 * MB)
     agreement_lines = []
     for tool in TOOLS:
         for k, v in sorted(agg[tool]["forward"]["agreement"].items()):
@@ -328,7 +346,9 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         "",
         f"Written by `benchmarks/run.py` on {meta['date']} ({meta['mode']}). Ratios are diffusers + PEFT time ÷ lorakit time "
         "(> 1: lorakit is faster). Each figure is the minimum over "
-        f"{meta['repeats']} interleaved round(s) of fresh processes (one process per measurement group and tool).",
+        f"{meta['repeats']} interleaved round(s) of fresh processes (one process per measurement group and tool; "
+        "tools alternate which goes first). Rounds repeat the ops (kohya and diffusers files; LoCon in round 1 only) "
+        "and forward groups; set_adapters, RSS and cycles run once (set_adapters takes the minimum of inner repeats).",
         "",
         "| figure | diffusers + PEFT | lorakit | ratio | target | met |",
         "|---|---|---|---|---|---|",
@@ -339,27 +359,31 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         "",
         f"Targets met: {sum(1 for v in met if v['met'])} of {len(met)} measured.",
         "",
-        "## Output agreement (UNet output at the benchmark latents, text encoder last hidden state)",
+        f"## Output agreement (UNet output at {meta.get('agree_latent') or '?'}² latents, text encoder last hidden state)",
         "",
         "| tool | comparison | max abs diff | max abs diff ÷ max abs reference |",
         "|---|---|---|---|",
         *agreement_lines,
         "",
-        "`lora_effect_unet` is the size of the LoRA's effect itself (fused vs no LoRA), for scale.",
+        "`lora_effect` is the size of the LoRA's effect itself (1 adapter fused vs no LoRA), for scale; "
+        "`disabled_vs_no_lora` checks that disabled adapters leave the base output.",
         "",
         "## Setup",
         "",
         f"- Models: {meta['size_describe']}; seeded random weights, {meta['dtype']} on {meta['device']}.",
         f"- RSS cycles model: {meta['cycle_model']}.",
         "- LoRA files (generated per run, seeded): "
-        + "; ".join(f"`{k}` {FILE_LABEL[k]} ({v / MB:.0f} MB)" for k, v in meta["file_sizes"].items())
+        + "; ".join(f"`{k}` {FILE_LABEL[k]} ({_fmt_b(v)})" for k, v in meta["file_sizes"].items())
         + ". `set_adapters`/forward use the kohya file plus scaled copies of it as further adapters.",
         "- Load timings include reading the file (from the page cache) and converting keys; fuse/unfuse cover every "
         "component (UNet and text encoder). Peak extra RSS: VmHWM after the load minus VmRSS before it, with the peak "
         "reset (`/proc/self/clear_refs`) just before, in a fresh process that has imported its libraries but loaded "
         "nothing yet.",
-        "- Forward overhead = time ÷ that tool's own fused-model time; \"merged\" is lorakit's opt-in strategy "
-        "(`manager.set_unfused_strategy(\"merged\")`). Switch latency subtracts a forward with unchanged adapters.",
+        "- Forward overhead = time ÷ that tool's own fused-model time (1 adapter fused); \"merged\" is lorakit's opt-in "
+        "strategy (`manager.set_unfused_strategy(\"merged\")`). Before each timed forward an untimed 8×8 forward "
+        "builds whatever an implementation caches after a state change. The switch rows time `set_adapters` plus "
+        "the next small forward, because lorakit defers per-module work (stacking the active adapters) to the next "
+        "call while PEFT does its work inside `set_adapters`.",
         f"- Machine: {meta['machine']}. Load average at start {meta['load_start']}, at end {meta['load_end']} "
         "(the machine is shared; treat ratios near a target as noisy).",
         f"- Versions: {meta['versions']}.",
@@ -390,7 +414,7 @@ def machine_info() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {mem}, {platform.system()} {platform.release()}"
 
 
-def versions() -> str:
+def versions(threads: int | None) -> str:
     import importlib.metadata as md
 
     parts = [f"python {platform.python_version()}"]
@@ -407,7 +431,7 @@ def versions() -> str:
         pass
     import torch
 
-    parts.append(f"torch threads {torch.get_num_threads()}")
+    parts.append(f"torch threads per process {threads or torch.get_num_threads()}")
     return ", ".join(parts)
 
 
@@ -424,11 +448,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cycles", type=int, default=None, help="load/unload cycles for the RSS figure (default 100)")
     ap.add_argument("--resident", type=int, default=20, help="resident adapters for set_adapters (default 20)")
     ap.add_argument("--groups", default="ops,switch,forward,rss,cycles", help="comma-separated subset")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's; --toy 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--workdir", default=None, help="keep models/files here and reuse them (default: a temp dir)")
     ap.add_argument("--out", default=None, help="Markdown report (default: docs/benchmarks.md for a full CPU run, else out/)")
     ap.add_argument("--json", default=None, help="also write raw results here")
+    ap.add_argument("--repeat-all", action="store_true", help="repeat every group (and LoCon ops) in every round")
     ap.add_argument("--in-process", action="store_true", help="run groups in this process (smoke test only)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     return ap.parse_args(argv)
@@ -460,19 +486,21 @@ def main(argv: list[str] | None = None) -> int:
         main_setup = prepare(size_name, workdir, log)
         cycle_size = "toy" if args.toy else "cycle"
         cyc_setup = prepare(cycle_size, workdir, log) if "cycles" in groups else None
-        common = {"device": args.device, "dtype": args.dtype}
+        common = {"device": args.device, "dtype": args.dtype, "threads": args.threads or (1 if args.toy else None)}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {g: {t: [] for t in TOOLS} for g in groups}
         outputs = {t: os.path.join(workdir, f"forward_{t}.pt") for t in TOOLS}
         n = 0
         for rnd in range(repeats):
             order = TOOLS if rnd % 2 == 0 else TOOLS[::-1]
             for group in groups:
-                if group == "cycles" and rnd > 0:
+                if group in ONCE and rnd > 0 and not args.repeat_all:
                     continue
                 setup = cyc_setup if group == "cycles" else main_setup
                 variants: list[dict[str, Any]] = [{}]
                 if group == "ops":
-                    variants = [{"file_order": ["kohya", "locon", "diffusers"]}]
+                    # PEFT's LoCon fuse/unfuse is the slowest step of the run: LoCon is measured in round 1 only
+                    files = ["kohya", "locon", "diffusers"] if rnd == 0 or args.repeat_all else ["kohya", "diffusers"]
+                    variants = [{"file_order": files}]
                 elif group == "rss":
                     variants = [{"file": f} for f in ("kohya", "locon")]
                 for tool in order:
@@ -497,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(),
             "mode": mode,
             "repeats": repeats,
+            "agree_latent": agg["lorakit"]["forward"].get("agree_latent") or agg["peft"]["forward"].get("agree_latent"),
             "size_describe": models.SIZES[size_name].describe,
             "cycle_model": (models.SIZES[cycle_size].describe + f"; {cycles} cycles of load from file + unload")
             if cyc_setup
@@ -507,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "load_start": load_start,
             "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-            "versions": versions(),
+            "versions": versions(common["threads"]),
             "command": "benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "wall_s": time.perf_counter() - t_start,
         }
