@@ -379,3 +379,21 @@ def test_t5_keys_only_when_the_pipeline_has_text_encoder_3(sd3):
                                                     "encoder.block.0.layer.1.DenseReluDense.wi_1"}
     conv2 = to_canonical(sd, None, sd3)
     assert {s.reason for s in conv2.report.skipped} == {R.COMPONENT_ABSENT}
+
+
+def test_sd35_dual_attention_qkv_split():
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=2,
+        joint_attention_dim=12, caption_projection_dim=8, pooled_projection_dim=10, out_channels=4, pos_embed_max_size=8,
+        dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    sd: dict = {}
+    lora(sd, "lora_unet_joint_blocks_0_x_block_attn2_qkv", 3 * D, D, alpha=1.0)
+    lora(sd, "lora_unet_joint_blocks_0_x_block_attn2_proj", D, D)
+    conv = to_canonical(sd, None, {"transformer": model})
+    assert set(conv.adapters["transformer"]) == {
+        "transformer_blocks.0.attn2.to_q", "transformer_blocks.0.attn2.to_k", "transformer_blocks.0.attn2.to_v",
+        "transformer_blocks.0.attn2.to_out.0",
+    }
