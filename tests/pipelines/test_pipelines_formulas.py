@@ -201,3 +201,17 @@ def test_sd3_t5_text_encoder_3_formula() -> None:
     no_t5 = lorakit.attach(lorakit.tiny.tiny_pipeline("sd3", with_t5=False))
     no_t5.load_lora_weights(sd, adapter_name="t5")
     assert no_t5.get_list_adapters() == {"transformer": ["t5"]}
+
+
+def test_diffusers_lora_state_dict_output_into_lorakit_loaders() -> None:
+    """Code that calls diffusers' own ``lora_state_dict`` (kohya converted to old diffusers names, alphas split out
+    under malformed keys) and hands the pair to lorakit's ``load_lora_into_*`` gets the exact per-module alphas."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin as DiffusersMixin
+
+    sd, deltas = _lora_file(lambda c, p: 2.0 if p.endswith(("to_q", "q_proj")) else 8.0)
+    state, alphas = DiffusersMixin.lora_state_dict(dict(sd))
+    assert alphas and any(".processor." in k for k in state)
+    pipe = fresh(FAMILY)
+    lorakit.StableDiffusionLoraLoaderMixin.load_lora_into_unet(state, alphas, pipe.unet, adapter_name="a")
+    lorakit.StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(state, alphas, pipe.text_encoder, adapter_name="a")
+    assert_close(outputs(pipe, FAMILY), outputs(_apply(deltas), FAMILY))
