@@ -99,3 +99,12 @@ def test_wrong_family_raises_before_anything():
     with pytest.raises(KeyMismatchError, match="no key matched"):
         to_canonical({k: v for k, v in sd3.items() if k.startswith("transformer.")}, None,
                      {"unet": reference_components("sd1")["unet"]}, source="sd3-on-sd1")
+
+
+def test_meta_tensors_from_a_header_only_read():
+    """inspect() passes meta tensors (alphas may be real or meta): everything still lands, nothing is computed."""
+    sd, expected = L.sd3_kohya()
+    meta_sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+    conv = to_canonical(meta_sd, {"ss_network_args": '{"split_qkv": "False"}'}, None, source="header-only")
+    _check_landing(conv, expected, "sd3")
+    assert conv.report.components["transformer"].alpha_source == "tensor (value not read)"

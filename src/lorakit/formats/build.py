@@ -56,12 +56,14 @@ SCALAR_ROLES = {"alpha", "scale"}
 DORA_ROLES = {"dora_scale", "magnitude"}
 
 
-def scalar(t: Tensor, key: str) -> float:
-    """The value of a 0-d / one-element tensor (``.alpha``, ``.scale``)."""
+def scalar(t: Tensor, key: str) -> float | None:
+    """The value of a 0-d / one-element tensor (``.alpha``, ``.scale``); ``None`` for a meta tensor (no data)."""
     if t.numel() != 1:
         raise FormatError(f"key {key!r}: expected a scalar, got a tensor of shape {tuple(t.shape)}")
     if t.is_complex():
         raise DTypeError(f"key {key!r}: complex scalar")
+    if t.device.type == "meta":
+        return None
     return float(t.reshape(()).item())
 
 

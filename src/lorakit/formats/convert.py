@@ -193,6 +193,8 @@ def _convert(
             t_alpha = B.scalar(group.tensors["alpha"], group.keys["alpha"]) if "alpha" in group.tensors else None
             t_scale = B.scalar(group.tensors["scale"], group.keys["scale"]) if "scale" in group.tensors else None
             alpha, src = resolve_alpha(ctx, comp, _alpha_names(first_path), rank, t_alpha, t_scale, _is_kxk(group))
+            if t_alpha is None and "alpha" in group.tensors:  # a meta tensor (header-only inspection)
+                src = "tensor (value not read)"
             if t_alpha is not None:
                 cfg = ctx.config(comp)
                 meta_alpha = cfg.alpha_for(_alpha_names(first_path)) if cfg is not None else None
@@ -265,7 +267,7 @@ def _place(kind: AdapterKind, target: Target, idx: ModuleIndex, ctx: AlphaContex
         sizes = [s[0] for s in shapes]
         fused = torch.Size((sum(sizes), *in_shape))
         kind.check_shape(fused, f"key {group.first_key!r} -> fused {', '.join(target.paths)} {tuple(fused)}")
-        parts = split_rows(kind, sizes, tuple(in_shape))
+        parts = split_rows(kind, sizes, tuple(in_shape), assume_block=ctx.split_qkv)
         return list(zip(target.paths, parts))
     if target.op == "swap":
         shape = torch.Size(shapes[0])

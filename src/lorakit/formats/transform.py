@@ -61,21 +61,29 @@ def select_rows(kind: AdapterKind, rows: Tensor, total: int, in_shape: tuple[int
     raise NotSeparable(f"{type(kind).__name__} cannot be split by rows")
 
 
-def _block_split_lora(kind: LoRA, sizes: list[int]) -> list[AdapterKind] | None:
-    """kohya ``split_qkv`` layout: down (n·r, in) and a block-diagonal up (Σ out, n·r); each part gets rank r."""
+def _block_split_lora(kind: LoRA, sizes: list[int], assume_block: bool = False) -> list[AdapterKind] | None:
+    """kohya ``split_qkv`` layout: down (n·r, in) and a block-diagonal up (Σ out, n·r); each part gets rank r.
+
+    The layout is recognised from the zero pattern of ``up``; for meta tensors (header-only inspection) the header's
+    ``split_qkv`` flag (``assume_block``) decides instead.
+    """
     n = len(sizes)
     r_total = int(kind.down.shape[0])
     if kind.mid is not None or r_total % n or kind.up.dim() < 2 or int(kind.up.shape[1]) != r_total:
         return None
     r = r_total // n
     up = kind.up.flatten(1)
-    mask = torch.ones_like(up, dtype=torch.bool)
-    row = 0
-    for i, size in enumerate(sizes):
-        mask[row : row + size, i * r : (i + 1) * r] = False
-        row += size
-    if bool((up[mask] != 0).any()):
-        return None
+    if up.device.type == "meta":
+        if not assume_block:
+            return None
+    else:
+        mask = torch.ones(up.shape, dtype=torch.bool)
+        row = 0
+        for i, size in enumerate(sizes):
+            mask[row : row + size, i * r : (i + 1) * r] = False
+            row += size
+        if bool((up[mask] != 0).any()):
+            return None
     parts: list[AdapterKind] = []
     row = 0
     for i, size in enumerate(sizes):
@@ -91,10 +99,12 @@ def _block_split_lora(kind: LoRA, sizes: list[int]) -> list[AdapterKind] | None:
     return parts
 
 
-def split_rows(kind: AdapterKind, sizes: list[int], in_shape: tuple[int, ...]) -> list[AdapterKind]:
+def split_rows(
+    kind: AdapterKind, sizes: list[int], in_shape: tuple[int, ...], assume_block: bool = False
+) -> list[AdapterKind]:
     """Split a fused-projection adapter into one adapter per part (``sizes`` = output rows of each part)."""
     if isinstance(kind, LoRA) and len(sizes) > 1:
-        block = _block_split_lora(kind, sizes)
+        block = _block_split_lora(kind, sizes, assume_block)
         if block is not None:
             return block
     total = sum(sizes)
