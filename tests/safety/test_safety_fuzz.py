@@ -36,9 +36,8 @@ FUZZ = settings(
 @functools.lru_cache(maxsize=1)
 def _pipe() -> Any:
     pipe = new_pipe("sd1")
-    # one load + delete first: the call-scale hooks pipelines.py puts on the denoiser at the first load stay for
-    # the pipeline's life (see test_unload_leaves_no_hooks in test_safety_memory.py); every example then starts
-    # from the same state
+    # one load + delete first: the call-scale hooks pipelines.py puts on the denoiser at the first load stay until
+    # unload_lora_weights (delete_adapters keeps them); every example then starts from the same state
     pipe.load_lora_weights(lora_dict(pipe), adapter_name="warmup")
     pipe.delete_adapters("warmup")
     return pipe

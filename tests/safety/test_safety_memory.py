@@ -115,11 +115,6 @@ def test_fused_then_unloaded_keeps_only_the_fused_weights() -> None:
     assert original  # (the original parameter objects are the module's own and stay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipelines.py: the two call-scale hooks _install_scale_hooks puts on the denoiser at the first load stay "
-    "after unload_lora_weights (lorakit otherwise leaves no hook behind)",
-)
 def test_unload_leaves_no_hooks() -> None:
     pipe = new_pipe("sd1")
     before = {c: snapshot(pipe, outputs=False).hooks[c] for c in ("unet", "text_encoder")}

@@ -83,27 +83,21 @@ def test_integer_dtype_tensor(pipe: Any, dtype: torch.dtype) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ NaN / Inf
-@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
-@pytest.mark.parametrize(
-    "comp",
-    [
-        "unet",
-        pytest.param(
-            "text_encoder",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pipelines.py: fuse_lora fuses component by component; a NaN/Inf in the text encoder raises "
-                "NonFiniteError only after the UNet was fused (fused_loras gains the adapter, UNet weights change)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "overflow"])
+@pytest.mark.parametrize("comp", ["unet", "text_encoder"])
 def test_nan_inf_with_safe_fusing(pipe: Any, comp: str, bad: str) -> None:
+    """NaN/Inf in the file (a broken file), or finite tensors whose fused weight overflows: nothing is fused, in
+    any component (the UNet is fused before the text encoder, so a text-encoder failure exercises the rollback)."""
     sd = lora_dict(pipe, seed=5)
     key = _key(sd, comp, "lora_B")
-    t = sd[key].clone()
-    t[0, 0] = float(bad)
-    sd[key] = t
+    if bad == "overflow":  # every tensor finite; up @ down ~ 1e40 > float32 max
+        sd[key] = sd[key] * 1e21
+        down = key.replace("lora_B", "lora_A")
+        sd[down] = sd[down] * 1e21
+    else:
+        t = sd[key].clone()
+        t[0, 0] = float(bad)
+        sd[key] = t
     pipe.load_lora_weights(sd, adapter_name="broken")  # loading unfused is allowed: nothing is written
     pipe.set_adapters(["style", "fz", "broken"], [0.7, 0.5, 1.0])
     check_fails(
@@ -113,6 +107,9 @@ def test_nan_inf_with_safe_fusing(pipe: Any, comp: str, bad: str) -> None:
         _module(key),
         "broken",
         "nothing was fused",
+        # a failure found after the UNet was fused is rolled back exactly, but the rollback re-installs the
+        # previous fused set, which counts as a state change for the lazily rebuilt caches
+        ignore=["version"] if (bad, comp) == ("overflow", "text_encoder") else (),
     )
     assert pipe.fused_loras == {"fz"}
 
@@ -153,27 +150,7 @@ def test_set_adapters_weight_count_mismatch(pipe: Any, names: list[str], weights
     )
 
 
-@pytest.mark.parametrize(
-    "cls",
-    [
-        pytest.param(
-            AdapterWeightError,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="blocks.py: AdapterWeightError (raised by set_adapters) is defined in lorakit.blocks and not "
-                "importable from lorakit.errors",
-            ),
-        ),
-        pytest.param(
-            ComponentError,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pipelines.py: ComponentError (raised by fuse_lora/unfuse_lora/set_adapters) is defined in "
-                "lorakit.pipelines and not importable from lorakit.errors",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("cls", [AdapterWeightError, ComponentError], ids=lambda c: c.__name__)
 def test_public_error_types_live_in_lorakit_errors(cls: type) -> None:
     """Every error type the pipeline API raises can be caught by name from ``lorakit.errors``."""
     assert getattr(errors, cls.__name__, None) is cls
