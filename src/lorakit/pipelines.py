@@ -667,6 +667,39 @@ class LoraBaseMixin:
             metadata={k: v for k, v in (metadata or {}).items() if v} or None,
         )
 
+    @staticmethod
+    def pack_weights(layers, prefix):
+        """``{"<prefix>.<key>": tensor}`` from a state dict or a module (diffusers' helper)."""
+        from .save import pack_layers
+
+        return pack_layers({prefix: layers})
+
+    @staticmethod
+    def write_lora_layers(
+        state_dict: dict[str, torch.Tensor],
+        save_directory: str,
+        is_main_process: bool,
+        weight_name: str,
+        save_function: Callable,
+        safe_serialization: bool,
+        lora_adapter_metadata: dict | None = None,
+    ) -> None:
+        """Write an already packed LoRA state dict (keys ``"<component>.<...>"``) as diffusers does, with the flat
+        ``lora_adapter_metadata`` dict in the safetensors header."""
+        groups: dict[str, dict[str, Tensor]] = {}
+        for key, value in state_dict.items():
+            comp, _, rest = key.partition(".")
+            groups.setdefault(comp, {})[rest] = value
+        _write_layers(
+            save_directory,
+            groups,
+            is_main_process=is_main_process,
+            weight_name=weight_name,
+            save_function=save_function,
+            safe_serialization=safe_serialization,
+            metadata=dict(lora_adapter_metadata) if lora_adapter_metadata else None,
+        )
+
     # ---------------------------------------------------------------- state
     def unload_lora_weights(self) -> None:
         """Unloads the LoRA parameters (fused weights stay fused, as in diffusers; unfuse first to restore).

@@ -119,3 +119,31 @@ def test_family_data_not_copied_methods() -> None:
         cls = getattr(lorakit, cls_name)
         for m in shared:
             assert getattr(cls, m).__qualname__.startswith("LoraBaseMixin."), f"{cls_name}.{m} is a copy"
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["StableDiffusionLoraLoaderMixin", "StableDiffusionXLLoraLoaderMixin", "SD3LoraLoaderMixin", "AmusedLoraLoaderMixin"]
+)
+def test_every_public_method_of_installed_diffusers_exists_with_its_parameters(cls_name: str) -> None:
+    """Code written against diffusers 0.42.1 runs unchanged: same methods, parameter names and defaults.
+
+    Documented differences: ``components`` of ``fuse_lora`` / ``unfuse_lora`` defaults to ``[]`` (= every LoRA-loadable
+    component, the effect of diffusers' per-family default lists); aMUSEd has no ``load_lora_into_unet``.
+    """
+    import diffusers.loaders
+
+    theirs, ours = getattr(diffusers.loaders, cls_name), getattr(lorakit, cls_name)
+    for name in dir(theirs):
+        static = inspect.getattr_static(theirs, name, None)
+        if name.startswith("_") or isinstance(static, property) or not callable(getattr(theirs, name)):
+            continue
+        if cls_name == "AmusedLoraLoaderMixin" and name == "load_lora_into_unet":
+            continue
+        assert hasattr(ours, name), f"{cls_name}.{name} missing"
+        mine = inspect.signature(getattr(ours, name)).parameters
+        for p in inspect.signature(getattr(theirs, name)).parameters.values():
+            if p.name in ("self", "cls") or p.kind is p.VAR_KEYWORD:
+                continue
+            assert p.name in mine, f"{cls_name}.{name}: parameter {p.name} missing"
+            if p.default is not p.empty and p.name != "components":
+                assert mine[p.name].default == p.default, f"{cls_name}.{name}: {p.name} default differs"
