@@ -48,6 +48,19 @@ text_encoder_target_name = []
 """
 
 
+@pytest.fixture(autouse=True)
+def _restore_lycoris_presets():
+    """LyCORIS applies presets by mutating class attributes; put them back for other tests."""
+    from lycoris import kohya, wrapper
+
+    classes = (kohya.LycorisNetworkKohya, wrapper.LycorisNetwork)
+    saved = [{k: v for k, v in vars(c).items() if k.isupper()} for c in classes]
+    yield
+    for c, attrs in zip(classes, saved):
+        for k, v in attrs.items():
+            setattr(c, k, v)
+
+
 def _randomize(network: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
