@@ -29,6 +29,9 @@ except Exception:  # pragma: no cover
 #: module-path fragments a test LoRA targets (attention and MLP Linear layers; CLIP q/v projections)
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn2.to_k", "attn2.to_v", "to_out.0", "ff.net.2")
 TE_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.fc1")
+#: SD3 MMDiT / aMUSEd UVit2D transformers
+TRANSFORMER_TARGETS = ("attn.to_q", "attn.to_k", "attn.add_v_proj", "attn1.to_q", "attn2.to_k", "to_out.0")
+T5_TARGETS = ("SelfAttention.q", "SelfAttention.v")
 
 
 def components(pipe: Any) -> list[str]:
@@ -50,7 +53,9 @@ def lora_dict(
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
     for comp in comps if comps is not None else components(pipe):
-        frags = (targets or {}).get(comp) or (UNET_TARGETS if comp in ("unet", "transformer") else TE_TARGETS)
+        frags = (targets or {}).get(comp) or {"unet": UNET_TARGETS, "transformer": TRANSFORMER_TARGETS}.get(comp)
+        if frags is None:
+            frags = T5_TARGETS if type(getattr(pipe, comp)).__name__.startswith("T5") else TE_TARGETS
         for name, mod in getattr(pipe, comp).named_modules():
             if isinstance(mod, nn.Linear) and any(name.endswith(f) for f in frags):
                 o, i = mod.weight.shape
