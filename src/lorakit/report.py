@@ -93,6 +93,8 @@ class LoadReport:
     formats: dict[str, int] = field(default_factory=dict)
     #: model family the keys were resolved against ("sd1", "sd2", "sdxl", "sd3", "amused") or None
     family: str | None = None
+    #: without a model: the reference model used ("sd1", ..., "sd3.5-large", "sd3.5-medium"); None with real models
+    reference: str | None = None
     total_keys: int = 0
     components: dict[str, ComponentReport] = field(default_factory=dict)
     skipped: list[SkippedKey] = field(default_factory=list)

@@ -182,8 +182,8 @@ def kohya_sd(family: str, compvis: bool = False) -> tuple[dict, dict[str, tuple[
 D, BLOCKS = 1536, 24
 
 
-def sd3_kohya() -> tuple[dict, dict[str, tuple[str, tuple[str, ...]]]]:
-    """kohya sd-scripts ``lora_sd3`` names (SAI MMDiT) + CLIP-L/G + T5 (``lora_te3_``)."""
+def sd3_kohya(D: int = D, BLOCKS: int = BLOCKS, encoders: bool = True) -> tuple[dict, dict[str, tuple[str, tuple[str, ...]]]]:  # noqa: N803
+    """kohya sd-scripts ``lora_sd3`` names (SAI MMDiT) + CLIP-L/G + T5 (``lora_te3_``); SD3.5-large: D=2432, 38 blocks."""
     sd: dict = {}
     exp: dict[str, tuple[str, tuple[str, ...]]] = {}
 
@@ -214,6 +214,8 @@ def sd3_kohya() -> tuple[dict, dict[str, tuple[str, tuple[str, ...]]]]:
     add("lora_unet_final_layer_linear", 2 * 2 * 16, D, ("proj_out",))
     add("lora_unet_final_layer_adaLN_modulation_1", 2 * D, D, ("norm_out.linear",))
     add("lora_unet_x_embedder_proj", D, 16, ("pos_embed.proj",), k=2)
+    if not encoders:
+        return sd, exp
     for prefix, comp, (layers, width, mlp) in (("lora_te1", "text_encoder", (12, 768, 3072)),
                                                 ("lora_te2", "text_encoder_2", (32, 1280, 5120))):
         for path, (o, i_, _) in clip_modules(layers, width, mlp).items():

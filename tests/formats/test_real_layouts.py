@@ -13,12 +13,12 @@ from lorakit.kinds import LoRA
 from lorakit.targets import reference_components
 
 
-def _check_landing(conv, expected: dict, family: str) -> None:
+def _check_landing(conv, expected: dict, family: str, reference: str | None = None) -> None:
     assert conv.family == family
     rep = conv.report
     assert not rep.skipped, rep.summary()
     assert rep.matched_keys == rep.total_keys
-    refs = reference_components(family)
+    refs = reference_components(reference or family)
     n_expected = 0
     for name, (comp, paths) in expected.items():
         paths = (paths,) if isinstance(paths, str) else paths
@@ -61,6 +61,13 @@ def test_sd3_kohya_sd_scripts():
     # fused qkv split onto three modules, each with the file's down and a third of up
     q = conv.adapters["transformer"]["transformer_blocks.3.attn.to_q"]
     assert isinstance(q, LoRA) and q.up.shape == (L.D, L.R) and q.down.shape == (L.R, L.D)
+
+
+def test_sd35_large_kohya_finds_its_reference_without_a_model():
+    sd, expected = L.sd3_kohya(D=2432, BLOCKS=38, encoders=False)
+    conv = to_canonical(sd, {"ss_base_model_version": "5-large"}, None, source="sd35-large-kohya")
+    assert conv.report.reference == "sd3.5-large"
+    _check_landing(conv, expected, "sd3", reference="sd3.5-large")
 
 
 def test_sd3_onetrainer_and_diffusers():

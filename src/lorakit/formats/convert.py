@@ -24,6 +24,8 @@ from ..errors import (
 )
 from ..kinds import AdapterKind
 from ..targets import (
+    FAMILY_OF,
+    VARIANTS,
     ModuleIndex,
     Target,
     build_index,
@@ -334,18 +336,23 @@ def to_canonical(
     fmt = format_name(parsed)
     if components is None:
         fam = family_from_metadata(meta)
-        cands = [fam] if fam else family_candidates((g.name for g in groups), (g.scope for g in groups))
+        fams = [fam] if fam else family_candidates((g.name for g in groups), (g.scope for g in groups))
+        cands = [v for f in fams for v in VARIANTS.get(f, (f,))]
         best: tuple[_Outcome, str] | None = None
-        for fam_c in cands if len(cands) > 1 else []:
-            comps = reference_components(fam_c)
+        for cand in cands if len(cands) > 1 else []:
+            comps = reference_components(cand)
             indexes = {c: build_index(m, c) for c, m in comps.items()}
-            out = _convert(groups, list(skipped_pre), indexes, ctx, len(sd), source, fmt, fam_c, closest_budget=0)
+            out = _convert(groups, list(skipped_pre), indexes, ctx, len(sd), source, fmt, FAMILY_OF[cand], closest_budget=0)
             if best is None or _score(out) > _score(best[0]):
-                best = (out, fam_c)
-        family = best[1] if best is not None else cands[0]
-        comps = reference_components(family)
+                best = (out, cand)
+            if not out.shape_errors and len(out.report.skipped) == len(skipped_pre):
+                break  # everything that can land did: no need to try the other candidates
+        variant = best[1] if best is not None else cands[0]
+        family = FAMILY_OF[variant]
+        comps = reference_components(variant)
         indexes = {c: build_index(m, c) for c, m in comps.items()}
         outcome = _convert(groups, list(skipped_pre), indexes, ctx, len(sd), source, fmt, family)
+        outcome.report.reference = variant
     else:
         if not isinstance(components, Mapping):
             raise FormatError(f"{source}: components must map names to torch modules")

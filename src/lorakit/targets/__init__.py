@@ -15,13 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from .configs import FAMILIES, FAMILY_SPECS
+from .configs import FAMILIES, FAMILY_OF, FAMILY_SPECS, VARIANTS
 from .index import ModuleIndex, Target, build_index
 from .reference import reference_components
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_OF",
     "FAMILY_SPECS",
+    "VARIANTS",
     "ModuleIndex",
     "Target",
     "build_index",
@@ -41,7 +43,7 @@ def family_of_components(components: Mapping[str, nn.Module]) -> str | None:
     cfg: Any = getattr(den, "config", None)
     get = (lambda k, d=None: getattr(cfg, k, d) if not isinstance(cfg, dict) else cfg.get(k, d)) if cfg else None
     if name == "SD3Transformer2DModel":
-        return "sd3"
+        return "sd3"  # SD3 / SD3.5: same family, same key conventions
     if name == "UVit2DModel":
         return "amused"
     if name == "UNet2DConditionModel" and get is not None:

@@ -109,6 +109,23 @@ SD3_MEDIUM_TRANSFORMER: dict[str, Any] = {
     "pos_embed_max_size": 192,
 }
 
+#: SD3.5-large: 38 blocks × 2432 (38 heads × 64), qk RMS-norm
+SD35_LARGE_TRANSFORMER: dict[str, Any] = {
+    **SD3_MEDIUM_TRANSFORMER,
+    "num_layers": 38,
+    "num_attention_heads": 38,
+    "caption_projection_dim": 2432,
+    "qk_norm": "rms_norm",
+}
+
+#: SD3.5-medium: 24 blocks × 1536, dual attention (attn2) in the first 13 blocks, qk RMS-norm
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    **SD3_MEDIUM_TRANSFORMER,
+    "pos_embed_max_size": 384,
+    "qk_norm": "rms_norm",
+    "dual_attention_layers": list(range(13)),
+}
+
 AMUSED_TRANSFORMER: dict[str, Any] = {
     "hidden_size": 1024,
     "use_bias": False,
@@ -161,3 +178,14 @@ FAMILY_SPECS: dict[str, dict[str, ComponentSpec]] = {
 }
 
 FAMILIES: tuple[str, ...] = tuple(FAMILY_SPECS)
+
+_SD3_ENCODERS = {k: v for k, v in FAMILY_SPECS["sd3"].items() if k != "transformer"}
+#: other checkpoints of a family with different shapes (reference models tried in this order when guessing)
+VARIANT_SPECS: dict[str, dict[str, ComponentSpec]] = {
+    "sd3.5-large": {"transformer": ("SD3Transformer2DModel", SD35_LARGE_TRANSFORMER), **_SD3_ENCODERS},
+    "sd3.5-medium": {"transformer": ("SD3Transformer2DModel", SD35_MEDIUM_TRANSFORMER), **_SD3_ENCODERS},
+}
+#: family -> its variants (the family's own name first)
+VARIANTS: dict[str, tuple[str, ...]] = {"sd3": ("sd3", "sd3.5-large", "sd3.5-medium")}
+#: variant -> family
+FAMILY_OF: dict[str, str] = {**{f: f for f in FAMILY_SPECS}, **{v: f for f, vs in VARIANTS.items() for v in vs}}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import FormatError
-from .configs import FAMILIES, FAMILY_SPECS
+from .configs import FAMILIES, FAMILY_SPECS, VARIANT_SPECS
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -37,7 +37,7 @@ def _build(class_name: str, config: dict) -> nn.Module:
 
 @functools.cache
 def _component(family: str, component: str) -> nn.Module:
-    class_name, config = FAMILY_SPECS[family][component]
+    class_name, config = {**FAMILY_SPECS, **VARIANT_SPECS}[family][component]
     logger.debug("building reference %s.%s (%s) on meta", family, component, class_name)
     return _build(class_name, config)
 
@@ -46,9 +46,11 @@ def reference_components(family: str) -> dict[str, nn.Module]:
     """``{component: model}`` of the family's reference pipeline on the meta device (cached).
 
     Args:
-        family: one of ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"``.
+        family: one of ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"``, or a variant with other shapes
+            (``"sd3.5-large"``, ``"sd3.5-medium"``).
     """
-    if family not in FAMILY_SPECS:
-        raise FormatError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    specs = {**FAMILY_SPECS, **VARIANT_SPECS}
+    if family not in specs:
+        raise FormatError(f"unknown model family {family!r} (known: {', '.join((*FAMILIES, *VARIANT_SPECS))})")
     with _LOCK:
-        return {c: _component(family, c) for c in FAMILY_SPECS[family]}
+        return {c: _component(family, c) for c in specs[family]}
