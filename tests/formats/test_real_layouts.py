@@ -115,3 +115,12 @@ def test_meta_tensors_from_a_header_only_read():
     conv = to_canonical(meta_sd, {"ss_network_args": '{"split_qkv": "False"}'}, None, source="header-only")
     _check_landing(conv, expected, "sd3")
     assert conv.report.components["transformer"].alpha_source == "tensor (value not read)"
+
+
+def test_inpainting_unet_lora_without_a_model():
+    """A LoCon that touches conv_in of an inpainting UNet (9 input channels) resolves against the inpaint variant."""
+    sd, expected = L.kohya_sd("sd1")
+    sd["lora_unet_conv_in.lora_down.weight"] = torch.zeros(L.R, 9, 3, 3)
+    conv = to_canonical(sd, None, None, source="sd15-inpaint")
+    assert conv.family == "sd1" and conv.report.reference == "sd1-inpaint"
+    _check_landing(conv, expected, "sd1", reference="sd1-inpaint")

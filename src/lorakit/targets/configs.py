@@ -185,7 +185,16 @@ VARIANT_SPECS: dict[str, dict[str, ComponentSpec]] = {
     "sd3.5-large": {"transformer": ("SD3Transformer2DModel", SD35_LARGE_TRANSFORMER), **_SD3_ENCODERS},
     "sd3.5-medium": {"transformer": ("SD3Transformer2DModel", SD35_MEDIUM_TRANSFORMER), **_SD3_ENCODERS},
 }
+for _fam in ("sd1", "sd2", "sdxl"):  # inpainting UNets: 9 input channels (latents + mask + masked image)
+    _cls, _cfg = FAMILY_SPECS[_fam]["unet"]
+    VARIANT_SPECS[f"{_fam}-inpaint"] = {**FAMILY_SPECS[_fam], "unet": (_cls, {**_cfg, "in_channels": 9})}
+
 #: family -> its variants (the family's own name first)
-VARIANTS: dict[str, tuple[str, ...]] = {"sd3": ("sd3", "sd3.5-large", "sd3.5-medium")}
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "sd1": ("sd1", "sd1-inpaint"),
+    "sd2": ("sd2", "sd2-inpaint"),
+    "sdxl": ("sdxl", "sdxl-inpaint"),
+    "sd3": ("sd3", "sd3.5-large", "sd3.5-medium"),
+}
 #: variant -> family
 FAMILY_OF: dict[str, str] = {**{f: f for f in FAMILY_SPECS}, **{v: f for f, vs in VARIANTS.items() for v in vs}}
