@@ -372,3 +372,46 @@ def test_incomplete_adapter_raises_in_strict_mode(pipe: Any, variant: str) -> No
     check_fails(
         pipe, lambda: pipe.load_lora_weights(sd, adapter_name="partial", strict=True), errors.KeyMismatchError, key, "incomplete"
     )
+
+
+# ------------------------------------------------------------------------------------------------ other entry points
+@pytest.mark.parametrize(
+    "source,fragment",
+    [(None, "NoneType"), (12345, "int"), ({}, "no tensors"), ({1: torch.randn(2)}, "key 1")],
+    ids=["none", "int", "empty-dict", "int-key"],
+)
+def test_not_a_source(pipe: Any, source: Any, fragment: str) -> None:
+    check_fails(pipe, lambda: pipe.load_lora_weights(source), errors.FormatError, fragment)
+
+
+@pytest.mark.parametrize("bad", ["exists", "int-dtype", "list-value", "shape"])
+@pytest.mark.parametrize("into", ["unet", "text_encoder"])
+def test_load_lora_into_component_methods(pipe: Any, into: str, bad: str) -> None:
+    """``load_lora_into_unet`` / ``load_lora_into_text_encoder`` (the lower-level public loaders, which bypass the
+    io checks of ``load_lora_weights``) are as safe."""
+    sd: dict[str, Any] = {k[len(into) + 1 :]: v for k, v in lora_dict(pipe, seed=5, comps=[into]).items()}
+    key = sorted(sd)[3]
+    name = "style" if bad == "exists" else "new"
+    if bad == "int-dtype":
+        sd[key] = sd[key].to(torch.int32)
+    elif bad == "list-value":
+        sd[key] = [1, 2]
+    elif bad == "shape":
+        sd[key] = torch.randn(2, 99) if "lora_A" in key else torch.randn(99, 2)
+    exc = {"exists": errors.AdapterExistsError, "int-dtype": errors.DTypeError, "list-value": errors.DTypeError,
+           "shape": errors.ShapeMismatchError}[bad]
+    if into == "unet":
+        call = lambda: pipe.load_lora_into_unet(sd, None, pipe.unet, adapter_name=name)  # noqa: E731
+    else:
+        call = lambda: pipe.load_lora_into_text_encoder(sd, None, pipe.text_encoder, adapter_name=name)  # noqa: E731
+    check_fails(pipe, call, exc, *([] if bad == "exists" else [key.rsplit(".lora_", 1)[0]]))
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipelines.py/blocks.py: set_adapters accepts a NaN/Inf adapter weight without an error; every output "
+    "of the pipeline then becomes NaN/Inf",
+)
+def test_set_adapters_with_a_non_finite_weight(pipe: Any, weight: float) -> None:
+    check_fails(pipe, lambda: pipe.set_adapters(["style"], [weight]), AdapterWeightError, "style")
