@@ -145,3 +145,5 @@ def test_writer_rejects_bad_requests(models):
         from_canonical([], "kohya")
     with pytest.raises(FormatError):
         from_canonical({"vae": {"a": LoRA(down=rnd(1, 2), up=rnd(2, 1))}}, "kohya")
+    with pytest.raises(FormatError):  # malformed kinds surface as lorakit errors
+        from_canonical({"unet": {"a": LoRA(down=torch.zeros(()), up=torch.zeros(()))}}, "kohya")

@@ -328,6 +328,22 @@ def to_canonical(
         >>> conv = to_canonical(sd, header, {"unet": pipe.unet, "text_encoder": pipe.text_encoder})  # doctest: +SKIP
         >>> AdapterManager(pipe.unet).add_adapter("style", conv.adapters["unet"])  # doctest: +SKIP
     """
+    try:
+        return _to_canonical(state_dict, metadata, components, source, strict)
+    except LorakitError:
+        raise
+    except (RuntimeError, IndexError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        # a safety net: malformed input must surface as a lorakit error, never as a bare exception
+        raise FormatError(f"{source}: cannot convert this checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _to_canonical(
+    state_dict: Mapping[str, Tensor],
+    metadata: Mapping[str, Any] | None,
+    components: Mapping[str, nn.Module] | None,
+    source: str,
+    strict: bool,
+) -> Conversion:
     sd, meta = _check_input(state_dict, metadata, source)
     parsed, unclaimed = parse_keys(sd)
     ctx = parse_metadata(meta)

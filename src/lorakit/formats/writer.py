@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..errors import FormatError
+from ..errors import FormatError, LorakitError
 from ..kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from ..targets import build_index, reference_components
 from ..targets import clip as clip_targets
@@ -257,6 +257,17 @@ def from_canonical(
     Example:
         >>> sd, meta = from_canonical(conv.adapters, "kohya", family="sdxl")  # doctest: +SKIP
     """
+    try:
+        return _from_canonical(adapters, to, family)
+    except LorakitError:
+        raise
+    except (RuntimeError, IndexError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise FormatError(f"cannot write the adapters as {to!r} ({type(exc).__name__}: {exc})") from exc
+
+
+def _from_canonical(
+    adapters: Mapping[str, Mapping[str, AdapterKind]], to: str, family: str | None
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     adapters = _check(adapters)
     if isinstance(family, str):
         family = family.lower()
