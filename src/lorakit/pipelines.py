@@ -53,6 +53,8 @@ __all__ = [
     "StableDiffusionLoraLoaderMixin",
     "StableDiffusionXLLoraLoaderMixin",
     "attach",
+    "hotswap_in_place",
+    "warm_caches",
 ]
 
 
