@@ -202,6 +202,7 @@ def _install_scale_hooks(model: nn.Module) -> None:
         extra = kwargs.get(kwarg)
         if isinstance(extra, Mapping) and extra.get("scale") is not None:
             mgr.call_scale = float(extra["scale"])
+            _warn_fused_scale(mgr, mgr.call_scale)
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         mgr = get_manager(module, create=False)
@@ -212,6 +213,22 @@ def _install_scale_hooks(model: nn.Module) -> None:
         model.register_forward_pre_hook(pre, with_kwargs=True),
         model.register_forward_hook(post, with_kwargs=True, always_call=True),
     )
+
+
+def _warn_fused_scale(mgr: AdapterManager, scale: float) -> None:
+    """A call-time scale does not reach fused adapters (as with merged PEFT layers): say so once per state."""
+    if scale == 1.0 or not mgr.fused:
+        return
+    st = _model_state(mgr.model)
+    if st.get("fused_scale_warned") != mgr.version:
+        st["fused_scale_warned"] = mgr.version
+        logger.warning(
+            "call-time LoRA scale %s does not apply to the fused adapter(s) %s of %s (unfuse_lora() to scale them "
+            "per call)",
+            scale,
+            summarize(mgr.fused),
+            type(mgr.model).__name__,
+        )
 
 
 def _remove_scale_hooks(model: nn.Module) -> None:
@@ -943,7 +960,10 @@ class _PromptScaleMixin(LoraBaseMixin):
             return parent(*args, **kwargs)
         family = self._lorakit_family
         comps = list(family.text_encoders) if family else [c for c in self._lora_loadable_modules if "text_encoder" in c]
-        with _call_scale(list(self._lorakit_managers(comps).values()), float(scale)):
+        managers = list(self._lorakit_managers(comps).values())
+        for m in managers:
+            _warn_fused_scale(m, float(scale))
+        with _call_scale(managers, float(scale)):
             return parent(*args, **kwargs)
 
 

@@ -190,6 +190,19 @@ def test_call_time_scale_kwargs(family: str) -> None:
     assert all(m.call_scale == 1.0 for m in ours._lorakit_managers().values())
 
 
+def test_call_time_scale_on_fused_adapters_warns_once(caplog) -> None:
+    ref, ours = _pair("sd1")
+    ours.load_lora_weights(_lora(ref, "sd1"), adapter_name="a")
+    ours.fuse_lora()
+    fused = denoise(ours, "sd1")
+    with caplog.at_level("WARNING", logger="lorakit"):
+        for _ in range(3):
+            out = denoise(ours, "sd1", cross_attention_kwargs={"scale": 0.5})
+    assert torch.equal(out, fused)  # fused weights ignore the call-time scale, as merged PEFT layers do
+    warnings = [r for r in caplog.records if "does not apply to the fused" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 def get_scale(pipe, family):
     return pipe._lorakit_managers()[denoiser_name(family)].call_scale
 
