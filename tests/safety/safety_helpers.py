@@ -3,7 +3,6 @@ snapshot of everything a failed operation must leave unchanged."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,16 +14,6 @@ from torch import Tensor, nn
 import lorakit
 from lorakit import errors
 from lorakit.tiny import tiny_pipeline
-
-for _name in ("diffusers", "transformers", "lorakit"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
-try:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-except Exception:  # pragma: no cover
-    pass
 
 #: module-path fragments a test LoRA targets (attention and MLP Linear layers; CLIP q/v projections)
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn2.to_k", "attn2.to_v", "to_out.0", "ff.net.2")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from typing import Any
 
 import pytest
@@ -22,8 +21,6 @@ from torch import nn
 
 from lorakit import errors
 from lorakit.formats import to_canonical
-
-logging.getLogger("lorakit").setLevel(logging.CRITICAL)
 
 FUZZ = settings(
     max_examples=60,
