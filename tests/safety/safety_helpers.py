@@ -54,18 +54,18 @@ def lora_dict(
     return out
 
 
-def new_pipe(family: str = "sd1", *, offload: bool = False) -> Any:
+def new_pipe(family: str = "sd1", *, offload: bool = False, dtype: torch.dtype = torch.float32) -> Any:
     """A tiny attached pipeline, optionally with accelerate's model CPU offload hooks installed (on the CPU)."""
-    pipe = lorakit.attach(tiny_pipeline(family))
+    pipe = lorakit.attach(tiny_pipeline(family, dtype=dtype))
     if offload:
         pipe.enable_model_cpu_offload(device="cpu")
     return pipe
 
 
-def busy_pipe(family: str = "sd1", *, offload: bool = True) -> Any:
+def busy_pipe(family: str = "sd1", *, offload: bool = True, dtype: torch.dtype = torch.float32) -> Any:
     """A pipeline with non-trivial LoRA state: ``"style"`` active at 0.7 (unfused), ``"fz"`` fused, ``"idle"``
     loaded but inactive, and accelerate offload hooks. Every failed operation must leave all of it unchanged."""
-    pipe = new_pipe(family, offload=offload)
+    pipe = new_pipe(family, offload=offload, dtype=dtype)
     pipe.load_lora_weights(lora_dict(pipe, seed=1), adapter_name="style")
     pipe.load_lora_weights(lora_dict(pipe, seed=2), adapter_name="fz")
     pipe.load_lora_weights(lora_dict(pipe, seed=3), adapter_name="idle")
@@ -81,14 +81,15 @@ def denoiser_output(pipe: Any) -> Tensor:
     """The denoiser's output for fixed inputs (SD1/SD2/SDXL UNets)."""
     g = torch.Generator().manual_seed(123)
     unet = pipe.unet
-    x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
-    ehs = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g)
+    dt = unet.dtype
+    x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g).to(dt)
+    ehs = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g).to(dt)
     kwargs: dict[str, Any] = {}
     if unet.config.addition_embed_type == "text_time":
         pooled = pipe.text_encoder_2.config.projection_dim
         kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(1, pooled, generator=g),
-            "time_ids": torch.randn(1, 6, generator=g),
+            "text_embeds": torch.randn(1, pooled, generator=g).to(dt),
+            "time_ids": torch.randn(1, 6, generator=g).to(dt),
         }
     with torch.no_grad():
         return unet(x, torch.tensor([10]), ehs, **kwargs).sample

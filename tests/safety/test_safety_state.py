@@ -415,3 +415,21 @@ def test_load_lora_into_component_methods(pipe: Any, into: str, bad: str) -> Non
 )
 def test_set_adapters_with_a_non_finite_weight(pipe: Any, weight: float) -> None:
     check_fails(pipe, lambda: pipe.set_adapters(["style"], [weight]), AdapterWeightError, "style")
+
+
+def test_fp16_overflow_with_safe_fusing() -> None:
+    """The classic "Inf means overflow": finite fp32 adapter tensors whose fused weight exceeds the fp16 range
+    (65504) in an fp16 pipeline. ``safe_fusing`` refuses; without it the Inf is written (as in diffusers) and
+    ``unfuse_lora`` still gives the original weights back bit for bit."""
+    pipe = busy_pipe("sd1", dtype=torch.float16)
+    pipe.load_lora_weights(lora_dict(pipe, seed=5, scale=300.0), adapter_name="hot")
+    assert all(bool(torch.isfinite(t).all()) for t in lora_dict(pipe, seed=5, scale=300.0).values())
+    check_fails(
+        pipe, lambda: pipe.fuse_lora(adapter_names=["hot"], safe_fusing=True), errors.NonFiniteError, "nothing was fused"
+    )
+    before = snapshot(pipe, outputs=False)
+    pipe.fuse_lora(adapter_names=["hot"])
+    assert not all(bool(torch.isfinite(v).all()) for v in pipe.unet.state_dict().values())
+    pipe.unfuse_lora()
+    pipe.fuse_lora(adapter_names=["fz"])  # back to the starting fused set
+    assert_unchanged(before, snapshot(pipe, outputs=False), ignore=["version"])
