@@ -182,8 +182,8 @@ def snapshot(pipe: Any, *, outputs: bool = True) -> Snapshot:
 
 
 def bits_equal(a: Tensor, b: Tensor) -> bool:
-    """Bit-identical (same dtype, shape and bytes; NaN payloads included)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
+    """Bit-identical (same device, dtype, shape and bytes; NaN payloads included)."""
+    if a.device != b.device or a.dtype != b.dtype or a.shape != b.shape:
         return False
     return torch.equal(a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
 

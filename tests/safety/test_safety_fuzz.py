@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any
 
 import pytest
@@ -22,10 +23,11 @@ from torch import nn
 from lorakit import errors
 from lorakit.formats import to_canonical
 
+#: LORAKIT_FUZZ_EXAMPLES=1000 (and LORAKIT_FUZZ_RANDOM=1 for fresh examples) for a longer hunt outside CI
 FUZZ = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("LORAKIT_FUZZ_EXAMPLES", "60")),
     deadline=None,
-    derandomize=True,  # reproducible in CI; the examples are still varied
+    derandomize=not os.environ.get("LORAKIT_FUZZ_RANDOM"),  # reproducible in CI; the examples are still varied
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
