@@ -166,11 +166,6 @@ def test_set_lora_device_that_does_not_exist(pipe: Any, device: Any) -> None:
     check_fails(pipe, lambda: pipe.set_lora_device(["style", "idle"], device), errors.DeviceError, str(device))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager.py: resolve_device accepts 'meta', so set_lora_device(['style'], 'meta') silently drops the "
-    "adapter's data (the next forward raises NotImplementedError: Cannot copy out of meta tensor)",
-)
 def test_set_lora_device_meta_is_refused(pipe: Any) -> None:
     check_fails(pipe, lambda: pipe.set_lora_device(["style"], "meta"), errors.DeviceError, "meta")
 
@@ -428,3 +423,19 @@ def test_fp16_overflow_with_safe_fusing() -> None:
     pipe.unfuse_lora()
     pipe.fuse_lora(adapter_names=["fz"])  # back to the starting fused set
     assert_unchanged(before, snapshot(pipe, outputs=False), ignore=["version"])
+
+
+@pytest.mark.parametrize(
+    "weights,exc,fragment",
+    [
+        ([0.5, {"unet": {"down": {"block_9": 1.0}}}], errors.KeyMismatchError, "block_9"),
+        ([0.5, {"unet": 0.5, "text_encoder": {"down": 1.0}}], AdapterWeightError, "text_encoder"),
+        ([0.5, {"unet": 0.5, "text_encdoer": 1.0}], ComponentError, "text_encdoer"),
+        ([0.5, {"unet": {"up": {"block_0": [1.0, 1.0, 1.0, 1.0, 1.0]}}}], AdapterWeightError, "block_0"),
+        ([0.5, "abc"], AdapterWeightError, ""),
+    ],
+    ids=["unknown-block", "blocks-for-text-encoder", "unknown-component", "too-many-layer-weights", "not-a-number"],
+)
+def test_set_adapters_with_bad_block_weights(pipe: Any, weights: list[Any], exc: type, fragment: str) -> None:
+    """The second adapter's spec is bad: the first adapter's (valid) weight must not be applied either."""
+    check_fails(pipe, lambda: pipe.set_adapters(["style", "fz"], weights), exc, fragment)
