@@ -8,6 +8,7 @@ reads; nothing walks the model except ``attach``/``load`` which resolve module p
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from .engine import Combined, Slot, all_finite, check_kind_fits, combine, fused_
 from .errors import (
     AdapterExistsError,
     AdapterNotFoundError,
+    AdapterWeightError,
     DeviceError,
     KeyMismatchError,
     NonFiniteError,
@@ -49,7 +51,9 @@ def resolve_device(device: torch.device | str | int) -> torch.device:
         dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
     except (RuntimeError, TypeError) as exc:
         raise DeviceError(f"not a device: {device!r} ({exc})") from None
-    if dev.type == "cpu" or dev.type == "meta":
+    if dev.type == "meta":
+        raise DeviceError("device 'meta' holds no data: adapters moved there would be lost")
+    if dev.type == "cpu":
         return dev
     backend = getattr(torch, dev.type, None)
     available = getattr(backend, "is_available", None)
@@ -262,9 +266,12 @@ class AdapterManager:
             if weights is None:
                 weights = [1.0] * len(names)
             if len(weights) != len(names):
-                from .errors import LorakitError
-
-                raise LorakitError(f"{len(weights)} weights for {len(names)} adapters")
+                raise AdapterWeightError(f"{len(weights)} weights for {len(names)} adapters ({summarize(names)})")
+            for n, w in zip(names, weights):
+                if callable(w):
+                    continue
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(float(w)):
+                    raise AdapterWeightError(f"adapter {n!r}: weight must be a finite number, got {w!r}")
             self.active = list(dict.fromkeys(names))
             for n, w in zip(names, weights):
                 self.weights[n] = w
@@ -305,26 +312,30 @@ class AdapterManager:
     def build_combined(
         self, slot: Slot, device: torch.device, dtype: torch.dtype, keep_graph: bool, merged: bool = False
     ) -> Combined:
+        # Stamp with the version read BEFORE the state: a change landing mid-build (another thread) leaves a stale
+        # stamp, so the next forward rebuilds instead of serving the old state forever.
+        version = self.version
         contributions = []
-        for name in self.active:
-            if name in self.fused:
+        adapters, fused = self.adapters, self.fused
+        for name in list(self.active):  # snapshots: another thread may change the state meanwhile
+            if name in fused or name not in adapters:
                 continue
-            kind = self.adapters[name].get(slot.path)
+            kind = adapters[name].get(slot.path)
             if kind is not None:
                 contributions.append((kind, self.weight_of(name, slot.path)))
         original = slot.original_weight()
         if merged:
             with torch.no_grad():
-                c = Combined(version=self.version, device=device, dtype=dtype)
+                c = Combined(version=version, device=device, dtype=dtype)
                 if any(w != 0.0 for _, w in contributions):
                     # on top of what the module holds now (fused adapters included), never of the original
                     w, b = fused_params(slot, contributions, base=(slot.module.weight.data, _bias_data(slot.module)))
                     c.merged_weight, c.merged_bias = w, b
                 return c
         if keep_graph:
-            return combine(slot.module, original, contributions, device, dtype, self.version)
+            return combine(slot.module, original, contributions, device, dtype, version)
         with torch.no_grad():
-            return combine(slot.module, original, contributions, device, dtype, self.version)
+            return combine(slot.module, original, contributions, device, dtype, version)
 
     # ------------------------------------------------------------------ fuse / unfuse
     def fuse(
