@@ -42,7 +42,7 @@ FILE_LABEL = {
 }
 MB = 1e6
 #: groups run in the first round only (unless --repeat-all): inner repeats, or figures that are not timings
-ONCE = ("switch", "rss", "cycles")
+ONCE = ("switch", "forward", "rss", "cycles")
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -331,7 +331,11 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
             return f"{c['growth'] / MB:+.1f} MB ({_fmt_t(c['per_cycle_s'])}/cycle; file {_fmt_b(c['file_bytes'])})"
 
         n = (lc or rc)["cycles"]
-        row(f"RSS growth over {n} load/unload cycles (smaller model, see setup)", fc(rc), fc(lc),
+        if rc is not None and lc is not None and rc["cycles"] != lc["cycles"]:
+            rcycles = f"{rc['cycles']} cycles: "
+        else:
+            rcycles = ""
+        row(f"RSS growth over {n} load/unload cycles (smaller model, see setup)", rcycles + fc(rc), fc(lc),
             _ratio(rc and rc["per_cycle_s"], lc and lc["per_cycle_s"]), "< 50 MB" + ("" if n >= 100 else f" (at 100; {n} run)"),
             None if lc is None else lc["growth"] < 50 * MB)
     agreement_lines = []
@@ -347,8 +351,9 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         f"Written by `benchmarks/run.py` on {meta['date']} ({meta['mode']}). Ratios are diffusers + PEFT time ÷ lorakit time "
         "(> 1: lorakit is faster). Each figure is the minimum over "
         f"{meta['repeats']} interleaved round(s) of fresh processes (one process per measurement group and tool; "
-        "tools alternate which goes first). Rounds repeat the ops (kohya and diffusers files; LoCon in round 1 only) "
-        "and forward groups; set_adapters, RSS and cycles run once (set_adapters takes the minimum of inner repeats).",
+        "tools alternate which goes first). Rounds repeat the ops group (kohya and diffusers files; LoCon in round 1 "
+        f"only); the other groups run once per tool and repeat inside the process: set_adapters {meta['inner']}× "
+        f"(alternating 1/3 active), forward configurations interleaved over {meta['passes']} pass(es).",
         "",
         "| figure | diffusers + PEFT | lorakit | ratio | target | met |",
         "|---|---|---|---|---|---|",
@@ -387,6 +392,10 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         f"- Machine: {meta['machine']}. Load average at start {meta['load_start']}, at end {meta['load_end']} "
         "(the machine is shared; treat ratios near a target as noisy).",
         f"- Versions: {meta['versions']}.",
+        "- Threads: every measurement process runs torch with 1 thread by default (`--threads`). The 2 cores are "
+        "shared with other users; with 2 threads, OpenMP's barrier waits for a descheduled second thread, and a "
+        "320×32 · 32×320 matmul measured 48 ms instead of 0.3 ms, which swamps every operation made of many small "
+        "tensor ops (load, fuse, set_adapters) for both tools.",
         f"- Command: `{meta['command']}`; wall time {meta['wall_s'] / 60:.1f} min.",
     ]
     errors = [f"- {LABEL[t]}: {e}" for t in TOOLS for e in agg[t]["errors"]]
@@ -445,10 +454,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--toy", action="store_true", help="tiny models (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 2; --quick/--toy 1)")
     ap.add_argument("--inner", type=int, default=None, help="inner repeats of set_adapters (default 5)")
+    ap.add_argument("--passes", type=int, default=None, help="interleaved passes over forward configurations (default 1)")
     ap.add_argument("--cycles", type=int, default=None, help="load/unload cycles for the RSS figure (default 100)")
+    ap.add_argument("--ref-cycles", type=int, default=None,
+                    help="cycles for diffusers + PEFT (default 30 in full runs: ~1.7 s/cycle; the target is lorakit's)")
     ap.add_argument("--resident", type=int, default=20, help="resident adapters for set_adapters (default 20)")
     ap.add_argument("--groups", default="ops,switch,forward,rss,cycles", help="comma-separated subset")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's; --toy 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per process (default 1 on CPU: see the report's setup notes; 0: torch's default)")
+    ap.add_argument("--rss-files", default="kohya", help="files for the peak-RSS figure (kohya,locon,diffusers)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--workdir", default=None, help="keep models/files here and reuse them (default: a temp dir)")
@@ -468,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if light else 2)
     cycles = args.cycles or (5 if args.toy else 20 if args.quick else 100)
     inner = args.inner or (2 if args.toy else 5)
+    passes = args.passes or 1
+    ref_cycles = args.ref_cycles or min(cycles, 30)
     resident = min(args.resident, 5) if args.toy else args.resident
     groups = [g for g in args.groups.split(",") if g]
     mode = "toy" if args.toy else "quick" if args.quick else "sdxl" if args.sdxl else "full"
@@ -486,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         main_setup = prepare(size_name, workdir, log)
         cycle_size = "toy" if args.toy else "cycle"
         cyc_setup = prepare(cycle_size, workdir, log) if "cycles" in groups else None
-        common = {"device": args.device, "dtype": args.dtype, "threads": args.threads or (1 if args.toy else None)}
+        threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+        common = {"device": args.device, "dtype": args.dtype, "threads": threads or None}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {g: {t: [] for t in TOOLS} for g in groups}
         outputs = {t: os.path.join(workdir, f"forward_{t}.pt") for t in TOOLS}
         n = 0
@@ -502,14 +519,15 @@ def main(argv: list[str] | None = None) -> int:
                     files = ["kohya", "locon", "diffusers"] if rnd == 0 or args.repeat_all else ["kohya", "diffusers"]
                     variants = [{"file_order": files}]
                 elif group == "rss":
-                    variants = [{"file": f} for f in ("kohya", "locon")]
+                    variants = [{"file": f} for f in args.rss_files.split(",")]
                 for tool in order:
                     for extra in variants:
                         n += 1
+                        n_cycles = ref_cycles if tool == "peft" else cycles
                         job = {**common, **setup, **extra, "group": group, "tool": tool, "inner": inner if group == "switch" else 1,
-                               "resident": resident, "cycles": cycles,
+                               "resident": resident, "cycles": n_cycles, "passes": passes,
                                "result": os.path.join(workdir, f"result_{n}.json")}
-                        if group == "forward" and rnd == 0:
+                        if group == "forward":
                             job["save_outputs"] = outputs[tool]
                         t0 = time.perf_counter()
                         res = run_job(job, args.in_process, args.timeout)
@@ -525,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M %Z").strip(),
             "mode": mode,
             "repeats": repeats,
+            "inner": inner,
+            "passes": passes,
             "agree_latent": agg["lorakit"]["forward"].get("agree_latent") or agg["peft"]["forward"].get("agree_latent"),
             "size_describe": models.SIZES[size_name].describe,
             "cycle_model": (models.SIZES[cycle_size].describe + f"; {cycles} cycles of load from file + unload")
