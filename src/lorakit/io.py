@@ -425,6 +425,19 @@ def _lora_looking(name: str) -> bool:
     return base.endswith(WEIGHT_SUFFIXES) and not any(s in base for s in _NOT_LORA)
 
 
+def _pick_one(candidates: list[str], conventional: str, where: str) -> str | None:
+    """The conventional name, else the single top-level candidate; several candidates are an error."""
+    if conventional in candidates:
+        return conventional
+    top = [f for f in candidates if "/" not in f] or candidates
+    if len(top) > 1:
+        raise FormatError(
+            f"{where}: {len(top)} candidate weight files and no weight_name: {summarize(top, 8)}; "
+            "pass weight_name= to choose one"
+        )
+    return top[0] if top else None
+
+
 def choose_weight_name(files: Iterable[str], where: str, use_safetensors: bool | None = None) -> str:
     """Pick the adapter file among ``files`` (paths relative to the folder / repo subfolder).
 
@@ -436,28 +449,14 @@ def choose_weight_name(files: Iterable[str], where: str, use_safetensors: bool |
     safe = [f for f in files if f.endswith(".safetensors")]
     pick = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if use_safetensors is not False:
-        if LORA_WEIGHT_NAME_SAFE in safe:
-            return LORA_WEIGHT_NAME_SAFE
-        top = [f for f in safe if "/" not in f] or safe
-        if len(top) == 1:
-            return top[0]
-        if len(top) > 1:
-            raise FormatError(
-                f"{where}: {len(top)} candidate weight files and no weight_name: {summarize(top, 8)}; "
-                "pass weight_name= to choose one"
-            )
+        chosen = _pick_one(safe, LORA_WEIGHT_NAME_SAFE, where)
+        if chosen is not None:
+            return chosen
         if use_safetensors:
             raise SourceNotFoundError(f"{where}: no .safetensors file (use_safetensors=True); found {summarize(files) or 'nothing'}")
-    if LORA_WEIGHT_NAME in pick:
-        return LORA_WEIGHT_NAME
-    top = [f for f in pick if "/" not in f] or pick
-    if len(top) == 1:
-        return top[0]
-    if len(top) > 1:
-        raise FormatError(
-            f"{where}: {len(top)} candidate weight files and no weight_name: {summarize(top, 8)}; "
-            "pass weight_name= to choose one"
-        )
+    chosen = _pick_one(pick, LORA_WEIGHT_NAME, where)
+    if chosen is not None:
+        return chosen
     raise SourceNotFoundError(f"{where}: no LoRA weight file (.safetensors, {', '.join(PICKLE_SUFFIXES)}) found")
 
 
