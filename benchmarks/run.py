@@ -174,6 +174,8 @@ def cross_tool(paths: dict[str, str]) -> dict[str, dict[str, float]]:
 def _fmt_t(v: float | None) -> str:
     if v is None:
         return "n/a"
+    if v < 1e-4:
+        return f"{v * 1e6:.0f} µs"
     if v < 0.01:
         return f"{v * 1e3:.2f} ms"
     if v < 1:
@@ -452,9 +454,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="half-width models, 32×32 latents, 1 round, 20 cycles")
     ap.add_argument("--sdxl", action="store_true", help="SDXL-size models")
     ap.add_argument("--toy", action="store_true", help="tiny models (smoke test)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 2; --quick/--toy 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds of the ops group (default 3; --quick/--toy 1)")
     ap.add_argument("--inner", type=int, default=None, help="inner repeats of set_adapters (default 5)")
-    ap.add_argument("--passes", type=int, default=None, help="interleaved passes over forward configurations (default 1)")
+    ap.add_argument("--passes", type=int, default=None, help="interleaved passes over forward configurations (default 2; --quick/--toy 1)")
     ap.add_argument("--cycles", type=int, default=None, help="load/unload cycles for the RSS figure (default 100)")
     ap.add_argument("--ref-cycles", type=int, default=None,
                     help="cycles for diffusers + PEFT (default 30 in full runs: ~1.7 s/cycle; the target is lorakit's)")
@@ -467,7 +469,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--workdir", default=None, help="keep models/files here and reuse them (default: a temp dir)")
     ap.add_argument("--out", default=None, help="Markdown report (default: docs/benchmarks.md for a full CPU run, else out/)")
-    ap.add_argument("--json", default=None, help="also write raw results here")
+    ap.add_argument("--json", default=os.path.join(ROOT, "out", "benchmarks-raw.json"), help="raw results (JSON)")
+    ap.add_argument("--notes", default=os.path.join(HERE, "notes.md"),
+                    help="hand-written analysis appended to the report (default benchmarks/notes.md)")
     ap.add_argument("--repeat-all", action="store_true", help="repeat every group (and LoCon ops) in every round")
     ap.add_argument("--in-process", action="store_true", help="run groups in this process (smoke test only)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
@@ -479,10 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     size_name = "toy" if args.toy else "sdxl" if args.sdxl else "quick" if args.quick else "sd15"
     light = args.quick or args.toy
-    repeats = args.repeats or (1 if light else 2)
+    repeats = args.repeats or (1 if light else 3)
     cycles = args.cycles or (5 if args.toy else 20 if args.quick else 100)
     inner = args.inner or (2 if args.toy else 5)
-    passes = args.passes or 1
+    passes = args.passes or (1 if light else 2)
     ref_cycles = args.ref_cycles or min(cycles, 30)
     resident = min(args.resident, 5) if args.toy else args.resident
     groups = [g for g in args.groups.split(",") if g]
@@ -561,12 +565,16 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": time.perf_counter() - t_start,
         }
         report, verdicts = build_report(agg, cross, meta)
+        if args.notes and os.path.exists(args.notes):
+            with open(args.notes) as fh:
+                report += "\n" + fh.read()
         default = "benchmarks.md" if mode == "full" and args.device == "cpu" else f"../out/benchmarks-{mode}-{args.device}.md"
         out = args.out or os.path.normpath(os.path.join(ROOT, "docs", default))
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as fh:
             fh.write(report)
         if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as fh:
                 json.dump({"results": results, "aggregate": agg, "cross": cross, "meta": meta, "verdicts": verdicts}, fh, indent=1)
         print(report)
