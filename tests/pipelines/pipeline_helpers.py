@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -13,8 +12,9 @@ from torch import Tensor, nn
 
 from lorakit.tiny import tiny_pipeline
 
-for _name in ("diffusers", "transformers", "peft", "lorakit"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+# Library loggers are quieted per test by an autouse fixture in conftest.py (restored afterwards), never at import:
+# pytest imports every test module before running any, so an import-time level would silence other suites' caplog.
+QUIET_LOGGERS = ("diffusers", "transformers", "peft", "lorakit")
 try:  # transformers' load report and progress bars
     import transformers
 
