@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -454,6 +455,22 @@ def _check_new_name(name: str, managers: Sequence[AdapterManager]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- mixins
+
+def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a state-changing pipeline method under the pipeline's own lock.
+
+    Loads, weight changes, fuses and unloads from several threads then never interleave across components (each
+    component's manager has its own lock too), and default adapter names cannot collide.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.setdefault("_lorakit_lock", threading.RLock())  # dict.setdefault is atomic
+        with lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
 class LoraBaseMixin:
     """Utility class for handling LoRAs: the behaviour shared by every family (lorakit engine, no PEFT)."""
 
@@ -481,6 +498,8 @@ class LoraBaseMixin:
         return out
 
     def _lorakit_components(self, components: Sequence[str] | None) -> list[str]:
+        if isinstance(components, str):  # fuse_lora(components="unet") means one component, not its letters
+            components = [components]
         comps = list(components or []) or list(self._lora_loadable_modules)
         for c in comps:
             if c not in self._lora_loadable_modules:
@@ -545,6 +564,7 @@ class LoraBaseMixin:
         return state_dict, network_alphas
 
     # ---------------------------------------------------------------- loading
+    @_serialized
     def load_lora_weights(
         self,
         pretrained_model_name_or_path_or_dict: str | dict[str, torch.Tensor],
@@ -720,6 +740,7 @@ class LoraBaseMixin:
         )
 
     # ---------------------------------------------------------------- state
+    @_serialized
     def unload_lora_weights(self) -> None:
         """Unloads the LoRA parameters (fused weights stay fused, as in diffusers; unfuse first to restore).
 
@@ -729,6 +750,7 @@ class LoraBaseMixin:
             mgr.unload()
             _remove_scale_hooks(mgr.model)
 
+    @_serialized
     def fuse_lora(
         self,
         components: list[str] = [],  # noqa: B006 - the diffusers signature; never mutated
@@ -776,6 +798,7 @@ class LoraBaseMixin:
                 _restore_fused(mgr, fused, weights)
             raise
 
+    @_serialized
     def unfuse_lora(self, components: list[str] = [], **kwargs: Any) -> None:  # noqa: B006
         """Reverses the effect of :meth:`fuse_lora` (original weights back, bit-exact).
 
@@ -785,6 +808,7 @@ class LoraBaseMixin:
         for mgr in self._lorakit_managers(self._lorakit_components(components)).values():
             mgr.unfuse()
 
+    @_serialized
     def set_adapters(
         self,
         adapter_names: list[str] | str,
@@ -838,16 +862,19 @@ class LoraBaseMixin:
         for comp, mgr in managers.items():
             mgr.set_adapters(*per_comp[comp])
 
+    @_serialized
     def disable_lora(self) -> None:
         """Disables the active LoRA layers of every component (output equals the base model's)."""
         for mgr in self._lorakit_managers().values():
             mgr.disable()
 
+    @_serialized
     def enable_lora(self) -> None:
         """Enables the active LoRA layers of every component."""
         for mgr in self._lorakit_managers().values():
             mgr.enable()
 
+    @_serialized
     def delete_adapters(self, adapter_names: list[str] | str) -> None:
         """Delete adapters from every component (a fused one is unfused from the weights first).
 
@@ -872,6 +899,7 @@ class LoraBaseMixin:
         """Gets the current list of all available adapters in the pipeline, per component."""
         return {c: m.list_adapters() for c, m in self._lorakit_managers().items() if m.adapters}
 
+    @_serialized
     def set_lora_device(self, adapter_names: list[str], device: torch.device | str | int) -> None:
         """Moves the LoRAs listed in ``adapter_names`` to ``device`` (e.g. park unused ones on the CPU).
 
@@ -886,6 +914,7 @@ class LoraBaseMixin:
             if present:
                 mgr.set_device(present, device)
 
+    @_serialized
     def enable_lora_hotswap(self, **kwargs: Any) -> None:
         """Prepare hotswapping: every adapter loaded from now on is zero-padded to ``target_rank``.
 

@@ -171,3 +171,37 @@ def test_loads_of_different_names_from_two_threads() -> None:
     ref.set_adapters(sorted(dicts), [0.25] * 4)
     torch.testing.assert_close(denoiser_output(pipe), denoiser_output(ref), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(text_output(pipe), text_output(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_set_adapters_leave_every_component_in_one_state() -> None:
+    """The pipeline lock serialises state changes: after two threads race set_adapters, the UNet and the text encoder
+    hold the same active set and weights (one thread's call as a whole, never half of each)."""
+    pipe = _pipe()
+
+    def switch(names: list[str], weights: list[float]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(200):
+                pipe.set_adapters(names, weights)
+
+        return run
+
+    assert _run(switch(["a"], [0.7]), switch(["b"], [0.2])) == []
+    unet = lorakit.get_manager(pipe.unet)
+    te = lorakit.get_manager(pipe.text_encoder)
+    assert unet.active == te.active and len(unet.active) == 1
+    assert unet.weight_of(unet.active[0], "x") == te.weight_of(te.active[0], "x")
+
+
+def test_default_names_from_two_threads_do_not_collide() -> None:
+    pipe = new_pipe("sd1")
+    dicts = [lora_dict(pipe, seed=30 + i) for i in range(6)]
+
+    def loader(ds: list[dict]) -> Callable[[], None]:
+        def run() -> None:
+            for d in ds:
+                pipe.load_lora_weights(d)
+
+        return run
+
+    assert _run(loader(dicts[:3]), loader(dicts[3:])) == []
+    assert sorted(pipe.get_list_adapters()["unet"]) == [f"default_{i}" for i in range(6)]
