@@ -62,3 +62,16 @@ def test_load_then_unload_gives_the_pipeline_back(family: str) -> None:
     assert sorted(listed) == sorted(components(fresh)), listed  # every component got its part
     fresh.unload_lora_weights()
     assert_unchanged(before, snapshot(fresh))
+
+
+def test_wrong_family_is_named_in_the_error() -> None:
+    """An SDXL-only file (second text encoder) into SD1.5 says it looks like an SDXL LoRA, and changes nothing."""
+    pipe = new_pipe("sd1")
+    before = snapshot(pipe)
+    sd = {
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 4),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(4, 2),
+    }
+    with pytest.raises(errors.KeyMismatchError, match="looks like a SDXL LoRA .* the model is SD1"):
+        pipe.load_lora_weights(sd)
+    assert_unchanged(before, snapshot(pipe))

@@ -337,6 +337,24 @@ def to_canonical(
         raise FormatError(f"{source}: cannot convert this checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
+def _family_hint(meta: Mapping[str, Any], groups: list, model_family: str | None) -> str:
+    """``"; the file looks like an SDXL LoRA ..."`` when header or key names name another family than the model's."""
+    if model_family is None:
+        return ""
+    file_family = family_from_metadata(meta)
+    how = "its header"
+    if file_family is None:
+        cands = family_candidates((g.name for g in groups), (g.scope for g in groups))
+        # only the unambiguous signatures: SD3 / aMUSEd names, SDXL's SGM names or a second text encoder
+        file_family = cands[0] if cands and cands[0] in ("sd3", "amused", "sdxl") else None
+        how = "its key names"
+    if file_family is None or file_family == model_family:
+        return ""
+    if {file_family, model_family} <= {"sd1", "sd2"}:
+        return ""  # same key conventions; shapes tell them apart
+    return f"; the file looks like a {file_family.upper()} LoRA ({how}) but the model is {model_family.upper()}"
+
+
 def _to_canonical(
     state_dict: Mapping[str, Tensor],
     metadata: Mapping[str, Any] | None,
@@ -379,12 +397,14 @@ def _to_canonical(
         indexes = {c: build_index(m, c) for c, m in components.items()}
         outcome = _convert(groups, skipped_pre, indexes, ctx, len(sd), source, fmt, family)
     rep = outcome.report
+    fam_hint = _family_hint(meta, groups, family)
     if outcome.shape_errors:
         key, msg = outcome.shape_errors[0]
         more = len(outcome.shape_errors) - 1
         err = ShapeMismatchError(
             f"{source}: {len(outcome.shape_errors)} adapter(s) do not fit the model"
             + (f" (family {family})" if family else "")
+            + fam_hint
             + f"; first: {msg}"
             + (f" (+{more} more: {summarize(k for k, _ in outcome.shape_errors[1:])})" if more else "")
         )
@@ -403,7 +423,7 @@ def _to_canonical(
                 hint = f"; closest {comp0} modules to {names[0]!r}: {summarize(near)}" if near else ""
         reasons = Counter(s.reason for s in rep.skipped)
         err2 = KeyMismatchError(
-            f"{source}: no key matched the model ({len(sd)} keys, format {rep.format}, components "
+            f"{source}: no key matched the model{fam_hint} ({len(sd)} keys, format {rep.format}, components "
             f"{summarize(indexes) or 'none'}; {', '.join(f'{r}: {n}' for r, n in reasons.items()) or 'empty'}); "
             f"first keys: {summarize(list(sd)[:5])}{hint}"
         )
@@ -417,6 +437,8 @@ def _to_canonical(
         )
         err3.report = rep  # type: ignore[attr-defined]
         raise err3
+    if fam_hint:
+        logger.warning("%s: %s", source, fam_hint.removeprefix("; "))
     if rep.skipped:
         logger.warning("%s: %d of %d keys not loaded: %s", source, len(rep.skipped), len(sd),
                        summarize(f"{s.key} ({s.reason})" for s in rep.skipped))

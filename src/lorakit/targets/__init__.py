@@ -50,10 +50,8 @@ def family_of_components(components: Mapping[str, nn.Module]) -> str | None:
         if get("addition_embed_type") == "text_time" or "text_encoder_2" in components:
             return "sdxl"
         cad = get("cross_attention_dim")
-        if cad == 1024:
-            return "sd2"
-        if cad == 768:
-            return "sd1"
+        # SD1 and SD2 share every key convention; 1024-wide cross-attention is SD2, anything else SD1-like
+        return "sd2" if cad == 1024 else "sd1"
     return None
 
 
