@@ -244,22 +244,39 @@ def fused_params(
     ``base`` replaces the original as the starting point (the merged strategy starts from the fused weights); deltas
     that depend on the weight (DoRA) always see the original.
     """
-    w_orig = slot.original_weight().to(slot.module.weight.device)
-    w0, b0 = base if base is not None else (slot.original_weight(), slot.original_bias())
     device = slot.module.weight.device
+    w_orig = slot.original_weight().to(device)
+    w0, b0 = base if base is not None else (slot.original_weight(), slot.original_bias())
     w0 = w0.to(device)
-    acc = w0.float().clone() if w0.dtype == torch.float32 else w0.float()
+    start = w0.flatten(1) if w0.dtype == torch.float32 else w0.float().flatten(1)
+    # One new tensor per module: addmm/add write W + w·ΔW straight into it (no clone, no ΔW temporary for LoRA).
+    acc: Tensor | None = None
     bacc: Tensor | None = None
     for kind, weight in contributions:
         if weight == 0.0:
             continue
-        acc.add_(kind.to(device).delta_weight(w_orig), alpha=weight)
+        kind = kind.to(device)
+        factors = kind.low_rank(w0.shape)
+        if factors is not None:
+            down, up = factors
+            if acc is None:
+                acc = torch.addmm(start, up, down.flatten(1), alpha=weight)
+            else:
+                acc.addmm_(up, down.flatten(1), alpha=weight)
+        else:
+            delta = kind.delta_weight(w_orig).flatten(1)
+            if acc is None:
+                acc = torch.add(start, delta, alpha=weight)
+            else:
+                acc.add_(delta, alpha=weight)
         db = kind.delta_bias()
         if db is not None:
             db = db.to(device) * weight
             bacc = db if bacc is None else bacc + db
+    if acc is None:
+        acc = start.clone()
     out_dtype = dtype or slot.module.weight.dtype
-    new_w = acc.to(out_dtype)
+    new_w = acc.reshape(w0.shape).to(out_dtype)
     new_b: Tensor | None = None
     if bacc is not None:
         base_b = b0.to(device) if b0 is not None else torch.zeros_like(bacc)

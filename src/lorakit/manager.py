@@ -177,10 +177,18 @@ class AdapterManager:
         *,
         activate: bool = True,
         info: dict[str, Any] | None = None,
+        validated: bool = False,
     ) -> None:
-        """Attach adapter ``name`` (module path -> kind). Validates fully first: a failure changes nothing."""
+        """Attach adapter ``name`` (module path -> kind). Validates fully first: a failure changes nothing.
+
+        ``validated=True`` skips the shape checks when the caller has just run :meth:`validate` on the same mapping
+        (the name is still checked).
+        """
         with self.lock:
-            self.validate(name, mapping)
+            if validated and name not in self.adapters:
+                pass
+            else:
+                self.validate(name, mapping)
             modules = self.named_modules()
             self.adapters[name] = dict(mapping)
             self.weights[name] = weight

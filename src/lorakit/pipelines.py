@@ -422,7 +422,9 @@ def _load_components(
         mgr.validate(name, padded)
         staged.append((mgr, padded, comp))
     for mgr, padded, comp in staged:
-        mgr.add_adapter(name, padded, weight=float(weights.get(comp, 1.0)), info=dict(info or {}, component=comp))
+        mgr.add_adapter(
+            name, padded, weight=float(weights.get(comp, 1.0)), info=dict(info or {}, component=comp), validated=True
+        )
         _install_scale_hooks(mgr.model)
         if _model_state(mgr.model).get("hotswap_target_rank") is not None:
             warm_caches(mgr)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import ShapeMismatchError
 from .base import AdapterKind, alpha_scale, f32
 
 
@@ -39,6 +40,37 @@ class LoRA(AdapterKind):
     @property
     def scale(self) -> float:
         return alpha_scale(self.alpha, self.rank)
+
+    def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
+        """Arithmetic shape check (no tensor maths): ranks agree and the factors rebuild ``base_shape``."""
+        where = where or self.kind_name
+        shapes = self.shapes()
+        r = self.down.shape[0]
+        out = base_shape[0]
+        rest = torch.Size(base_shape[1:]).numel()
+        up_rank = self.up.flatten(1).shape[1] if self.up.dim() >= 2 else -1
+        if up_rank != r:
+            raise ShapeMismatchError(f"{where}: up/down rank mismatch: down has rank {r}, up has {up_rank} ({shapes})")
+        if self.up.shape[0] != out:
+            raise ShapeMismatchError(
+                f"{where}: up has {self.up.shape[0]} outputs, the weight of shape {tuple(base_shape)} has {out} ({shapes})"
+            )
+        if self.mid is not None:
+            ok = (
+                self.mid.dim() == 4
+                and tuple(self.mid.shape[:2]) == (r, r)
+                and len(base_shape) == 4
+                and tuple(self.mid.shape[2:]) == tuple(base_shape[2:])
+                and self.down.flatten(1).shape[1] == base_shape[1]
+            )
+        else:
+            ok = self.down.dim() >= 2 and self.down.flatten(1).shape[1] == rest
+        if not ok:
+            raise ShapeMismatchError(
+                f"{where}: adapter tensors {shapes} do not rebuild a weight of shape {tuple(base_shape)}"
+            )
+        if self.bias is not None and self.bias.numel() != out:
+            raise ShapeMismatchError(f"{where}: bias delta of {self.bias.numel()} values for {out} outputs")
 
     def effective_down(self) -> Tensor:
         """``down`` with the Tucker core folded in: ``(r, in, kh, kw)`` for Tucker files, else ``down`` (fp32)."""
