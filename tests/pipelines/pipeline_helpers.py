@@ -12,9 +12,8 @@ from torch import Tensor, nn
 
 from lorakit.tiny import tiny_pipeline
 
-# Library loggers are quieted per test by an autouse fixture in conftest.py (restored afterwards), never at import:
+# Library loggers are quieted per test by a fixture (tests/conftest.py, restored afterwards), never at import:
 # pytest imports every test module before running any, so an import-time level would silence other suites' caplog.
-QUIET_LOGGERS = ("diffusers", "transformers", "peft", "lorakit")
 try:  # transformers' load report and progress bars
     import transformers
 

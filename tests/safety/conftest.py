@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_libraries() -> Iterator[None]:
-    """Partial loads and deprecations warn by design; keep the output readable. Restored after each test, so the
-    other suites' caplog checks see lorakit's warnings."""
-    loggers = [logging.getLogger(n) for n in ("lorakit", "diffusers", "transformers")]
-    before = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, before):
-            lg.setLevel(level)
+def _quiet(quiet_libraries: None) -> None:
+    """Library loggers quiet in this directory (shared fixture, levels restored after each test)."""
