@@ -185,9 +185,7 @@ class AdapterManager:
         (the name is still checked).
         """
         with self.lock:
-            if validated and name not in self.adapters:
-                pass
-            else:
+            if not validated or name in self.adapters:
                 self.validate(name, mapping)
             modules = self.named_modules()
             self.adapters[name] = dict(mapping)
