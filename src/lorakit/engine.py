@@ -62,6 +62,8 @@ class Combined:
     up: Tensor | None = None  # (out, R) or (out, R, 1, 1)
     dense: Tensor | None = None  # weight-shaped
     bias: Tensor | None = None  # (out,)
+    #: True for the "merged" form (below), False for the low-rank / dense form above
+    merged: bool = False
     # "merged" strategy: the module's weight/bias with the active set folded in (original dtype)
     merged_weight: Tensor | None = None
     merged_bias: Tensor | None = None
@@ -91,20 +93,22 @@ def combine(
     lowrank_ok = isinstance(module, nn.Linear) or (
         isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
     )
+    original_weight = original_weight.to(device)
     for kind, weight in contributions:
         if weight == 0.0:
             continue
+        kind = kind.to(device)  # no copy when it is already there
         factors = kind.low_rank(base_shape) if lowrank_ok else None
         if factors is not None:
             d, u = factors
-            downs.append(d.to(device))
-            ups.append(u.to(device) * weight)
+            downs.append(d)
+            ups.append(u * weight)
         else:
-            delta = kind.delta_weight(original_weight.to(device)) * weight
+            delta = kind.delta_weight(original_weight) * weight
             dense = delta if dense is None else dense + delta
         b = kind.delta_bias()
         if b is not None:
-            b = b.to(device) * weight
+            b = b * weight
             bias = b if bias is None else bias + b
     out = Combined(version=version, device=device, dtype=dtype)
     if downs:
@@ -194,7 +198,8 @@ class Slot:
         mgr = self.manager
         c = self.cache
         needs_grad = torch.is_grad_enabled() and mgr.trainable
-        if needs_grad or c is None or c.version != mgr.version or c.device != x.device or c.dtype != x.dtype:
+        stale = c is None or c.version != mgr.version or c.device != x.device or c.dtype != x.dtype
+        if needs_grad or stale or c.merged != merged:
             c = mgr.build_combined(self, x.device, x.dtype, keep_graph=needs_grad, merged=merged)
             if not needs_grad:
                 self.cache = c
@@ -228,7 +233,7 @@ class Slot:
             return output
         x = args[0]
         c = self._combined(x, merged=False)
-        if c.empty or c.merged_weight is not None:
+        if c.empty:
             return output
         return sidecar_output(module, x, output, c, mgr.call_scale)
 

@@ -332,7 +332,7 @@ class AdapterManager:
         original = slot.original_weight()
         if merged:
             with torch.no_grad():
-                c = Combined(version=version, device=device, dtype=dtype)
+                c = Combined(version=version, device=device, dtype=dtype, merged=True)
                 if any(w != 0.0 for _, w in contributions):
                     # on top of what the module holds now (fused adapters included), never of the original
                     w, b = fused_params(slot, contributions, base=(slot.module.weight.data, _bias_data(slot.module)))

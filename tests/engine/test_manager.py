@@ -406,3 +406,18 @@ def test_merged_strategy_matches_lowrank_and_never_touches_weights(dtype: torch.
     with pytest.raises(RuntimeError):
         model(torch.randn(2, 3, 5, 5, dtype=dtype))  # wrong channels: the forward raises mid-way
     assert_bit_identical(model, snap)
+
+
+def test_merged_strategy_with_a_call_scale_still_applies_the_adapters() -> None:
+    """A call-time scale makes the merged strategy fall back to the low-rank form; a merged form cached by an earlier
+    call must not be taken for it (that would drop the adapters)."""
+    model = make_model(torch.float64)
+    mgr = AdapterManager(model)
+    mgr.add_adapter("a", adapter(1))
+    mgr.set_adapters(["a"], [0.5])
+    expected = model(X.double())
+    mgr.set_adapters(["a"], [1.0])
+    mgr.set_unfused_strategy("merged")
+    model(X.double())  # caches the merged form
+    mgr.call_scale = 0.5
+    assert torch.allclose(model(X.double()), expected, atol=1e-12)
