@@ -181,9 +181,10 @@ def _parse_header(path: str, display: str) -> tuple[dict[str, dict[str, Any]], d
             raise FormatError(f"{display}: file of {size} bytes is too short to be a safetensors file")
         n = struct.unpack("<Q", prefix)[0]
         if n > _MAX_HEADER or n < 2:
+            kind = file_kind(path)
             raise FormatError(
                 f"{display}: not a safetensors file (header length field says {n} bytes); it "
-                + _KIND_HINTS[file_kind(path) if file_kind(path) != "safetensors" else "unknown"]
+                + _KIND_HINTS[kind if kind != "safetensors" else "unknown"]
             )
         if 8 + n > size:
             raise FormatError(
