@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from . import formats
 from . import io as lio
 from .errors import KeyMismatchError, LorakitError, ShapeMismatchError, closest, summarize
+from .save import LORA_ADAPTER_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ _KOHYA_KEYS = (
     "ss_training_started_at",
     "sshs_model_hash",
 )
-
-LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 
 
 @dataclass
@@ -520,15 +519,14 @@ def _alpha_source(state_keys: list[str], metadata: Mapping[str, str], report: An
     return "none in the file (alpha = rank, scale 1)"
 
 
-def _meta_state_dict(path: str) -> tuple[dict[str, Tensor], dict[str, str], dict[str, tuple[int, ...]], Counter[str]]:
+def _meta_state_dict(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     shapes, metadata = lio.read_header(path)
     alpha_keys = [k for k, (shape, _) in shapes.items() if (k.endswith(".alpha") or k == "alpha") and len(shape) <= 1 and (not shape or shape[0] == 1)]
     alphas = lio.read_tensors(path, alpha_keys) if alpha_keys else {}
     sd: dict[str, Tensor] = {}
     for k, (shape, dtype) in shapes.items():
         sd[k] = alphas[k] if k in alphas else torch.empty(shape, dtype=dtype, device="meta")
-    dtypes = Counter(_dtype_name(dt) for _, dt in shapes.values())
-    return sd, metadata, {k: s for k, (s, _) in shapes.items()}, dtypes
+    return sd, metadata
 
 
 def inspect(
@@ -567,7 +565,7 @@ def inspect(
         path, name = lio.resolve_file(source, weight_name=weight_name, **hub_kwargs)
         file_size = os.path.getsize(path)
         if lio.file_kind(path) == "safetensors":
-            sd, metadata, _, _ = _meta_state_dict(path)
+            sd, metadata = _meta_state_dict(path)
             header_only = True
             lio._peft_sidecar(path, metadata)
         else:
