@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import NEUTRAL, ParsedKey, split_prefix, split_suffix
+from .keys import NEUTRAL, ParsedKey, Prefix, split_prefix, split_suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +33,15 @@ class Convention:
 
     def claim(self, key: str) -> ParsedKey | None:
         """The parsed key if this convention owns it, else ``None``."""
-        split = split_suffix(key)
+        return self._claim(key, _split(key))
+
+    def _claim(self, key: str, split: _Split) -> ParsedKey | None:
         if split is None:
             if self.prefix_families == frozenset({"embedding"}) and key.startswith("bundle_emb."):
                 prefix, rest = split_prefix(key)
                 return ParsedKey(key, self.name, prefix, rest.split(".", 1)[0], "embedding", NEUTRAL)
             return None
-        name, role, style, attnproc = split
-        prefix, rest = split_prefix(name)
+        prefix, rest, role, style, attnproc = split
         if prefix.family not in self.prefix_families:
             return None
         if style != NEUTRAL and style not in self.styles:
@@ -54,14 +55,29 @@ class Convention:
 
     def detect(self, keys: Iterable[str], metadata: Mapping[str, Any] | None = None) -> float:
         """Confidence in [0, 1+]: the share of all keys this convention claims, plus 0.5 per identifying header field."""
-        keys = list(keys)
-        if not keys:
+        return self._detect([(k, _split(k)) for k in keys], metadata)
+
+    def _detect(self, splits: list[tuple[str, _Split]], metadata: Mapping[str, Any] | None) -> float:
+        if not splits:
             return 0.0
-        claimed = sum(1 for k in keys if self.claim(k) is not None)
-        score = claimed / len(keys)
+        claimed = sum(1 for k, sp in splits if self._claim(k, sp) is not None)
+        score = claimed / len(splits)
         if metadata and claimed:
             score += 0.5 * sum(1 for h in self.header_keys if h in metadata)
         return score
+
+
+#: a key split once for every convention: ``(prefix, rest, role, style, attnproc)``, or ``None`` (no known suffix)
+_Split = tuple[Prefix, str, str, str, bool] | None
+
+
+def _split(key: str) -> _Split:
+    split = split_suffix(key)
+    if split is None:
+        return None
+    name, role, style, attnproc = split
+    prefix, rest = split_prefix(name)
+    return prefix, rest, role, style, attnproc
 
 
 REGISTRY: list[Convention] = []
@@ -84,8 +100,9 @@ def parse_keys(keys: Iterable[str]) -> tuple[list[ParsedKey], list[str]]:
     parsed: list[ParsedKey] = []
     unclaimed: list[str] = []
     for key in keys:
+        split = _split(key)
         for conv in REGISTRY:
-            pk = conv.claim(key)
+            pk = conv._claim(key, split)
             if pk is not None:
                 parsed.append(pk)
                 break
@@ -96,8 +113,8 @@ def parse_keys(keys: Iterable[str]) -> tuple[list[ParsedKey], list[str]]:
 
 def detect(keys: Iterable[str], metadata: Mapping[str, Any] | None = None) -> list[tuple[str, float]]:
     """``[(convention, confidence), ...]`` best first, for every convention with a non-zero confidence."""
-    keys = list(keys)
-    scores = [(c.name, c.detect(keys, metadata)) for c in REGISTRY]
+    splits = [(k, _split(k)) for k in keys]
+    scores = [(c.name, c._detect(splits, metadata)) for c in REGISTRY]
     return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])
 
 
