@@ -25,7 +25,7 @@ from torch import nn
 from . import formats
 from . import io as lio
 from .errors import DestinationExistsError, FormatError, ShapeMismatchError
-from .inspect import InspectReport, _jsonable, guess_family
+from .inspect import _FAMILY_DISPLAY, InspectReport, _jsonable, guess_family
 from .inspect import inspect as inspect_file
 from .save import _DEFAULT_NAMES, save_safetensors
 
@@ -36,7 +36,7 @@ __all__ = ["ConvertReport", "convert", "LAYOUTS"]
 LAYOUTS = ("diffusers", "peft", "kohya")
 
 #: the formats package names families in lower case ("sd1", "sdxl", ...); inspect reports "SD1", "SDXL", ...
-_FAMILY_ARG = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl", "SD3": "sd3", "aMUSEd": "amused"}
+_FAMILY_ARG = {shown: name for name, shown in _FAMILY_DISPLAY.items()}
 
 
 @dataclass
