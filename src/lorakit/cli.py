@@ -624,7 +624,6 @@ def cmd_bake(args: argparse.Namespace, console: Console) -> int:
     fused = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in comps.items()}
     with console.step("unloaded the adapters (the fused weights stay)"):
         pipe.unload_lora_weights()
-    changed = 0
     for name, m in comps.items():
         sd = m.state_dict()
         if list(sd.keys()) != keys_before[name]:
@@ -633,7 +632,6 @@ def cmd_bake(args: argparse.Namespace, console: Console) -> int:
         for k, v in sd.items():
             if not torch.equal(v, fused[name][k]):
                 raise CliError(f"bake: {name}.{k} changed when the adapters were unloaded; not saving")
-        changed += sum(1 for k in sd if k in fused[name])
     del fused
     with console.step(f"saved the baked pipeline to {out}"):
         out.mkdir(parents=True, exist_ok=True)
