@@ -189,9 +189,10 @@ def _same_weights(pipe: Any, snap: dict[str, dict[str, Any]]) -> tuple[bool, int
 
 
 def _print_report(console: Console, rep: Any) -> None:
-    if rep is not None:
-        for line in (rep.summary() if hasattr(rep, "summary") else str(rep)).splitlines():
-            console.info("    " + line)
+    from .cli import _report_lines
+
+    for line in _report_lines(rep):
+        console.info(line)
 
 
 def run_demo(out_dir: Path, console: Console, *, family: str = "sd1", steps: int = 4, size: int = 64) -> int:
