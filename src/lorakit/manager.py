@@ -110,6 +110,7 @@ class AdapterManager:
         #: per adapter, whatever the loader wants to keep (load report, metadata, source)
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()
+        self._unfused_active = False
         self._modules_cache: dict[str, nn.Module] | None = None
 
     # ------------------------------------------------------------------ queries
@@ -121,8 +122,9 @@ class AdapterManager:
 
     @property
     def unfused_active(self) -> bool:
-        """Whether any adapter contributes through the forward hook."""
-        return self.enabled and any(a not in self.fused for a in self.active)
+        """Whether any adapter contributes through the forward hook (read by every hook call: kept up to date by
+        every state change instead of being recomputed per module per forward)."""
+        return self._unfused_active
 
     def modules_of(self, name: str) -> list[str]:
         return list(self._get(name))
@@ -149,6 +151,7 @@ class AdapterManager:
         return names
 
     def _bump(self) -> None:
+        self._unfused_active = self.enabled and any(a not in self.fused for a in self.active)
         self.version += 1
 
     # ------------------------------------------------------------------ load / delete

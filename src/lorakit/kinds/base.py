@@ -80,7 +80,7 @@ class AdapterKind:
             ) from None
         if delta.numel() != torch.Size(base_shape).numel():
             raise ShapeMismatchError(
-                f"{where or self.kind_name}: adapter delta has {tuple(delta.shape)} elements for a weight of shape "
+                f"{where or self.kind_name}: adapter delta of {delta.numel()} values does not fit a weight of shape "
                 f"{tuple(base_shape)} (tensors {self.shapes()})"
             )
         bias = meta.delta_bias()
