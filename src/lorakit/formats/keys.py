@@ -16,27 +16,39 @@ PEFT, INTERMEDIATE, ATTNPROC, KOHYA, NEUTRAL = "peft", "intermediate", "attnproc
 
 _SEG = r"(?:\.[A-Za-z0-9_\-]+)?"  # an optional adapter-name segment (PEFT "default")
 
-#: (regex on the key end, role, style); the role "<group>" takes its value from the regex group 1
-_SUFFIXES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(rf"\.lora_A{_SEG}\.weight$"), "down", PEFT),
-    (re.compile(rf"\.lora_B{_SEG}\.weight$"), "up", PEFT),
-    (re.compile(rf"\.lora_B{_SEG}\.bias$"), "bias", PEFT),
-    (re.compile(r"\.lora_A$"), "down", PEFT),
-    (re.compile(r"\.lora_B$"), "up", PEFT),
-    (re.compile(rf"\.lora_magnitude_vector{_SEG}(?:\.weight)?$"), "magnitude", PEFT),
-    (re.compile(r"\.lora(?:_linear_layer)?\.(down|up)\.weight$"), "<group>", INTERMEDIATE),
-    (re.compile(r"_lora\.(down|up)\.weight$"), "<group>", ATTNPROC),
-    (re.compile(r"\.lora_(down|up|mid)\.weight$"), "<group>", KOHYA),
-    (re.compile(r"\.lora_up\.bias$"), "bias", KOHYA),
-    (re.compile(r"\.(alpha)$"), "<group>", NEUTRAL),
-    (re.compile(r"\.(dora_scale|scale)$"), "<group>", KOHYA),
-    (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "<group>", KOHYA),
-    (re.compile(r"\.(lokr_w[12](?:_[ab])?|lokr_t[12])$"), "<group>", KOHYA),
-    (re.compile(r"\.(diff|diff_b|w_norm|b_norm)$"), "<group>", KOHYA),
-    (re.compile(r"\.(oft_blocks|oft_diag|oft_R|rescale|on_input|boft_\w+)$"), "<group>", KOHYA),
-    (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora_<group>", KOHYA),
-    (re.compile(r"\.(weight|bias)$"), "plain_<group>", KOHYA),
+#: (regex on the key end, role, style, the key's possible last dotted segments or None for any); the role "<group>"
+#: takes its value from the regex group 1
+_SUFFIXES: list[tuple[re.Pattern[str], str, str, frozenset[str] | None]] = [
+    (re.compile(rf"\.lora_A{_SEG}\.weight$"), "down", PEFT, frozenset({"weight"})),
+    (re.compile(rf"\.lora_B{_SEG}\.weight$"), "up", PEFT, frozenset({"weight"})),
+    (re.compile(rf"\.lora_B{_SEG}\.bias$"), "bias", PEFT, frozenset({"bias"})),
+    (re.compile(r"\.lora_A$"), "down", PEFT, frozenset({"lora_A"})),
+    (re.compile(r"\.lora_B$"), "up", PEFT, frozenset({"lora_B"})),
+    (re.compile(rf"\.lora_magnitude_vector{_SEG}(?:\.weight)?$"), "magnitude", PEFT, None),
+    (re.compile(r"\.lora(?:_linear_layer)?\.(down|up)\.weight$"), "<group>", INTERMEDIATE, frozenset({"weight"})),
+    (re.compile(r"_lora\.(down|up)\.weight$"), "<group>", ATTNPROC, frozenset({"weight"})),
+    (re.compile(r"\.lora_(down|up|mid)\.weight$"), "<group>", KOHYA, frozenset({"weight"})),
+    (re.compile(r"\.lora_up\.bias$"), "bias", KOHYA, frozenset({"bias"})),
+    (re.compile(r"\.(alpha)$"), "<group>", NEUTRAL, frozenset({"alpha"})),
+    (re.compile(r"\.(dora_scale|scale)$"), "<group>", KOHYA, frozenset({"dora_scale", "scale"})),
+    (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "<group>", KOHYA,
+     frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"})),
+    (re.compile(r"\.(lokr_w[12](?:_[ab])?|lokr_t[12])$"), "<group>", KOHYA,
+     frozenset({"lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t1", "lokr_t2"})),
+    (re.compile(r"\.(diff|diff_b|w_norm|b_norm)$"), "<group>", KOHYA, frozenset({"diff", "diff_b", "w_norm", "b_norm"})),
+    (re.compile(r"\.(oft_blocks|oft_diag|oft_R|rescale|on_input|boft_\w+)$"), "<group>", KOHYA, None),
+    (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora_<group>", KOHYA, frozenset({"weight"})),
+    (re.compile(r"\.(weight|bias)$"), "plain_<group>", KOHYA, frozenset({"weight", "bias"})),
 ]
+
+_Suffix = tuple[re.Pattern[str], str, str]
+#: the suffixes that can match a key ending in ``.<last>`` (in order), so a key is tried against a few regexes only
+_ANY_LAST: list[_Suffix] = [(rx, role, style) for rx, role, style, last in _SUFFIXES if last is None]
+_BY_LAST: dict[str, list[_Suffix]] = {
+    seg: [(rx, role, style) for rx, role, style, last in _SUFFIXES if last is None or seg in last]
+    for _, _, _, ends in _SUFFIXES
+    for seg in ends or ()
+}
 
 #: roles of algorithms lorakit cannot apply, with the algorithm's name
 UNSUPPORTED_ROLES: dict[str, str] = {
@@ -58,7 +70,10 @@ _ATTNPROC_DOWN = re.compile(r"_lora\.down\.weight$")
 
 def split_suffix(key: str) -> tuple[str, str, str, bool] | None:
     """``(module name incl. prefix, role, style, attnproc)`` or ``None`` when no suffix is known."""
-    for rx, role, style in _SUFFIXES:
+    last = key.rpartition(".")[2]
+    if last.endswith("\n"):  # "$" also matches before a final newline
+        last = last[:-1]
+    for rx, role, style in _BY_LAST.get(last, _ANY_LAST):
         m = rx.search(key)
         if m is None or m.start() == 0:
             continue
