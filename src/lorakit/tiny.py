@@ -322,9 +322,7 @@ def tiny_components(
         out.update(
             safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False
         )
-    elif family == "sdxl":
-        out.update(image_encoder=None, feature_extractor=None)
-    elif family == "sd3":
+    elif family in ("sdxl", "sd3"):
         out.update(image_encoder=None, feature_extractor=None)
     return out
 
