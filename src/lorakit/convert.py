@@ -17,7 +17,6 @@ import sys
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -27,7 +26,7 @@ from . import io as lio
 from .errors import DestinationExistsError, FormatError, ShapeMismatchError
 from .inspect import _FAMILY_DISPLAY, InspectReport, _jsonable, guess_family
 from .inspect import inspect as inspect_file
-from .save import _DEFAULT_NAMES, save_safetensors
+from .save import _output_file, _write_layout
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +104,7 @@ def convert(
     """
     if to not in LAYOUTS:
         raise FormatError(f"convert: unknown layout {to!r}; expected one of {', '.join(LAYOUTS)}")
-    target = Path(dst)
-    if target.is_dir():
-        target = target / _DEFAULT_NAMES.get(to, "lora.safetensors")
-    if target.exists() and not overwrite:
-        raise DestinationExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+    target = _output_file(dst, to, "lora", overwrite)
 
     state_dict, metadata, name = lio.read_source(src, **read_kwargs)
     try:
@@ -131,9 +126,7 @@ def convert(
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:  # appeared while we were converting
         raise DestinationExistsError(f"{target}: already exists; pass overwrite=True to replace it")
-    save_safetensors(out_sd, target, header)
-    if to == "peft" and lio.PEFT_CONFIG_METADATA_KEY in header:
-        (target.parent / lio.PEFT_CONFIG_NAME).write_text(header[lio.PEFT_CONFIG_METADATA_KEY], encoding="utf-8")
+    _write_layout(out_sd, header, target, to)
     logger.info("converted %s (%s) to %s (%s)", name, conv.format, target, to)
     return ConvertReport(
         src=name,

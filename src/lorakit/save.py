@@ -267,6 +267,23 @@ def peft_metadata(mapping: Mapping[str, AdapterKind], *, component: str = "") ->
 _DEFAULT_NAMES = {"diffusers": LORA_WEIGHT_NAME_SAFE, "peft": "adapter_model.safetensors"}
 
 
+def _output_file(path: str | os.PathLike[str], to: str, stem: str, overwrite: bool) -> Path:
+    """``path``, or the layout's default file name inside it when it is a folder; refuses an existing file."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / _DEFAULT_NAMES.get(to, f"{stem}.safetensors")
+    if target.exists() and not overwrite:
+        raise DestinationExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+    return target
+
+
+def _write_layout(state_dict: Mapping[str, Tensor], header: Mapping[str, str], target: Path, to: str) -> None:
+    """Write the safetensors file, plus ``adapter_config.json`` beside it for the PEFT layout when there is one."""
+    save_safetensors(state_dict, target, header)
+    if to == "peft" and PEFT_CONFIG_METADATA_KEY in header:
+        (target.parent / PEFT_CONFIG_NAME).write_text(header[PEFT_CONFIG_METADATA_KEY], encoding="utf-8")
+
+
 def _canonical_from(
     manager_or_adapters: Any, adapter_name: str | None, component: str | None
 ) -> dict[str, dict[str, AdapterKind]]:
@@ -350,18 +367,12 @@ def save_adapter(
     adapters = _canonical_from(manager_or_adapters, adapter_name, component)
     if not any(adapters.values()):
         raise FormatError(f"{os.fspath(path)}: no adapters to save")
-    target = Path(path)
-    if target.is_dir():
-        target = target / _DEFAULT_NAMES.get(to, f"{adapter_name or 'lora'}.safetensors")
-    if target.exists() and not overwrite:
-        raise DestinationExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+    target = _output_file(path, to, adapter_name or "lora", overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     state_dict, header = formats.from_canonical(adapters, to, family=family)
     header = dict(header or {})
     for k, v in (metadata or {}).items():
         header[str(k)] = v if isinstance(v, str) else json.dumps(v, default=_json_default)
-    save_safetensors(state_dict, target, header)
-    if to == "peft" and PEFT_CONFIG_METADATA_KEY in header:
-        (target.parent / PEFT_CONFIG_NAME).write_text(header[PEFT_CONFIG_METADATA_KEY], encoding="utf-8")
+    _write_layout(state_dict, header, target, to)
     logger.info("saved %d modules (%s layout) to %s", sum(len(m) for m in adapters.values()), to, target)
     return os.fspath(target)
