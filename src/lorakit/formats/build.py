@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from .. import report as R
 from ..errors import DTypeError, FormatError
 from ..kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .keys import UNSUPPORTED_ROLES, ParsedKey
@@ -80,32 +81,32 @@ def kind_of(group: Group) -> str:
     roles = set(group.tensors)
     unsupported = sorted({UNSUPPORTED_ROLES[r] for r in roles if r in UNSUPPORTED_ROLES})
     if "embedding" in roles:
-        raise Skip("unsupported kind", "embedded textual inversion (bundle_emb); load it as a textual inversion")
+        raise Skip(R.UNSUPPORTED_KIND, "embedded textual inversion (bundle_emb); load it as a textual inversion")
     if "oft_blocks" in roles and group.tensors["oft_blocks"].dim() == 4:
         unsupported = ["BOFT"]
     if "plain_weight" in roles and "on_input" in roles:
         unsupported = ["(IA)^3"]
     if unsupported:
-        raise Skip("unsupported kind", f"{'/'.join(unsupported)} adapters are not supported")
+        raise Skip(R.UNSUPPORTED_KIND, f"{'/'.join(unsupported)} adapters are not supported")
     found = [
         name
         for name, rs in (("lora", {"down", "up", "mid"}), ("loha", LOHA_ROLES), ("lokr", LOKR_ROLES), ("full", FULL_ROLES))
         if roles & rs
     ]
     if len(found) > 1:
-        raise Skip("unsupported kind", f"tensors of several algorithms on one module ({', '.join(found)})")
+        raise Skip(R.UNSUPPORTED_KIND, f"tensors of several algorithms on one module ({', '.join(found)})")
     if not found:
         leftover = sorted(roles - SCALAR_ROLES)
         if leftover and all(r.startswith("plain_") for r in leftover):
-            raise Skip("unrecognised key", "a plain weight/bias, not an adapter tensor")
-        raise Skip("incomplete adapter", f"only {', '.join(sorted(roles))} for this module, no adapter weights")
+            raise Skip(R.UNRECOGNISED, "a plain weight/bias, not an adapter tensor")
+        raise Skip(R.INCOMPLETE, f"only {', '.join(sorted(roles))} for this module, no adapter weights")
     return found[0]
 
 
 def _need(group: Group, *roles: str) -> list[Tensor]:
     missing = [r for r in roles if r not in group.tensors]
     if missing:
-        raise Skip("incomplete adapter", f"missing {', '.join(missing)}")
+        raise Skip(R.INCOMPLETE, f"missing {', '.join(missing)}")
     return [group.tensors[r] for r in roles]
 
 
@@ -134,15 +135,15 @@ def build(group: Group, kind: str, alpha: float | None) -> AdapterKind:
         w1a, w1b, w2a, w2b = _need(group, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         t1, t2 = t.get("hada_t1"), t.get("hada_t2")
         if (t1 is None) != (t2 is None):
-            raise Skip("incomplete adapter", "LoHa Tucker needs both hada_t1 and hada_t2")
+            raise Skip(R.INCOMPLETE, "LoHa Tucker needs both hada_t1 and hada_t2")
         return LoHa(w1a=w1a, w1b=w1b, w2a=w2a, w2b=w2b, alpha=alpha, t1=t1, t2=t2)
     if kind == "lokr":
         if "lokr_t1" in t:
-            raise Skip("unsupported kind", "LoKr with lokr_t1 (a Tucker first factor) is not written by any known trainer")
+            raise Skip(R.UNSUPPORTED_KIND, "LoKr with lokr_t1 (a Tucker first factor) is not written by any known trainer")
         has1 = "lokr_w1" in t or ("lokr_w1_a" in t and "lokr_w1_b" in t)
         has2 = "lokr_w2" in t or ("lokr_w2_a" in t and "lokr_w2_b" in t)
         if not (has1 and has2):
-            raise Skip("incomplete adapter", "LoKr needs lokr_w1 (or lokr_w1_a+b) and lokr_w2 (or lokr_w2_a+b)")
+            raise Skip(R.INCOMPLETE, "LoKr needs lokr_w1 (or lokr_w1_a+b) and lokr_w2 (or lokr_w2_a+b)")
         return LoKr(
             w1=t.get("lokr_w1"),
             w1a=t.get("lokr_w1_a"),
@@ -165,7 +166,7 @@ def dora_axis(scale: Tensor) -> str:
         return "out"
     if shape[0] == 1:
         return "in"
-    raise Skip("shape mismatch", f"dora_scale of shape {shape} is neither (out, 1, ...) nor (1, in, ...)")
+    raise Skip(R.SHAPE_MISMATCH, f"dora_scale of shape {shape} is neither (out, 1, ...) nor (1, in, ...)")
 
 
 def wrap_dora(group: Group, inner: AdapterKind) -> AdapterKind:
