@@ -99,8 +99,9 @@ def _kohya_prefix(size: Size, comp: str) -> str:
     return "lora_te_"
 
 
-def kohya_state_dict(size: Size, seed: int, conv: bool = False, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    models = _meta_models(size)
+def kohya_state_dict(size: Size, seed: int, conv: bool = False, dtype: torch.dtype = torch.float32,
+                     models: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+    models = models if models is not None else _meta_models(size)
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     rank = size.rank
@@ -115,8 +116,9 @@ def kohya_state_dict(size: Size, seed: int, conv: bool = False, dtype: torch.dty
     return sd
 
 
-def diffusers_state_dict(size: Size, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    models = _meta_models(size)
+def diffusers_state_dict(size: Size, seed: int, dtype: torch.dtype = torch.float32,
+                         models: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+    models = models if models is not None else _meta_models(size)
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     rank = size.rank_diffusers
@@ -139,12 +141,13 @@ def write_files(size: Size, folder: str, seed: int = 1234) -> dict[str, str]:
     """Write the three benchmark LoRA files of ``size`` under ``folder``; returns {name: path}."""
     os.makedirs(folder, exist_ok=True)
     out: dict[str, str] = {}
+    models = _meta_models(size)  # the module tree only (meta tensors): built once for the three files
     for name in FILES:
         path = os.path.join(folder, f"{size.name}_{name}.safetensors")
         if name == "diffusers":
-            sd = diffusers_state_dict(size, seed + 2)
+            sd = diffusers_state_dict(size, seed + 2, models=models)
         else:
-            sd = kohya_state_dict(size, seed + (1 if name == "locon" else 0), conv=name == "locon")
+            sd = kohya_state_dict(size, seed + (1 if name == "locon" else 0), conv=name == "locon", models=models)
         meta = {"format": "pt"}
         if name != "diffusers":
             meta.update(ss_network_module="networks.lora", ss_network_dim=str(size.rank), ss_network_alpha=str(size.rank / 2))
