@@ -194,12 +194,13 @@ def _convert(
             rank = B.rank_of(group, kind_name)
             t_alpha = B.scalar(group.tensors["alpha"], group.keys["alpha"]) if "alpha" in group.tensors else None
             t_scale = B.scalar(group.tensors["scale"], group.keys["scale"]) if "scale" in group.tensors else None
-            alpha, src = resolve_alpha(ctx, comp, _alpha_names(first_path), rank, t_alpha, t_scale, _is_kxk(group))
+            alpha_names = _alpha_names(first_path)
+            alpha, src = resolve_alpha(ctx, comp, alpha_names, rank, t_alpha, t_scale, _is_kxk(group))
             if t_alpha is None and "alpha" in group.tensors:  # a meta tensor (header-only inspection)
                 src = "tensor (value not read)"
             if t_alpha is not None:
                 cfg = ctx.config(comp)
-                meta_alpha = cfg.alpha_for(_alpha_names(first_path)) if cfg is not None else None
+                meta_alpha = cfg.alpha_for(alpha_names) if cfg is not None else None
                 if meta_alpha is not None and meta_alpha != t_alpha:
                     alpha_conflicts[comp] += 1
             kind = B.build(group, kind_name, alpha)
@@ -281,8 +282,9 @@ def _place(kind: AdapterKind, target: Target, idx: ModuleIndex, ctx: AlphaContex
 def _group(parsed: list[ParsedKey], sd: Mapping[str, Tensor]) -> tuple[list[B.Group], list[R.SkippedKey]]:
     groups: dict[tuple[str, str], B.Group] = {}
     skipped: list[R.SkippedKey] = []
+    conventions = {c.name: c for c in REGISTRY}
     for pk in parsed:
-        conv = next(c for c in REGISTRY if c.name == pk.convention)
+        conv = conventions[pk.convention]
         if not conv.supported and pk.prefix.family != "embedding":
             skipped.append(R.SkippedKey(pk.key, R.UNSUPPORTED_KIND, None, pk.name, conv.description))
             continue
