@@ -221,7 +221,7 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
     import numpy as np
     import torch
 
-    from .cli import attach, load_report
+    from .cli import attach, load_report, module_components
     from .inspect import inspect as inspect_file
     from .tiny import tiny_pipeline
 
@@ -232,8 +232,7 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
 
     with console.step(f"built a tiny seeded {family} pipeline from configs") as st:
         pipe = tiny_pipeline(family, with_t5=False) if family == "sd3" else tiny_pipeline(family)
-        n_params = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
-                       for p in m.parameters())
+        n_params = sum(p.numel() for m in module_components(pipe).values() for p in m.parameters())
         st["note"] = f"{type(pipe).__name__}, {n_params:,} parameters"
 
     with console.step(f"wrote a kohya-layout LoRA to {lora_path}") as st:
