@@ -417,7 +417,7 @@ def _to_canonical(
         hint = ""
         if first and first[0].closest:
             hint = f"; closest modules to {first[0].module!r}: {summarize(first[0].closest)}"
-        elif first is not None and indexes:
+        elif indexes:
             comp0 = next(iter(indexes))
             names = [s.module for s in rep.skipped if s.module][:1]
             if names:
