@@ -158,10 +158,7 @@ def _convert(
     """Canonical adapters per present component (others are reported and skipped) and the load info."""
     from . import formats
 
-    kwargs: dict[str, Any] = {"source": source}
-    if strict and "strict" in inspect.signature(formats.to_canonical).parameters:
-        kwargs["strict"] = strict
-    conv = formats.to_canonical(state_dict, metadata or {}, dict(components), **kwargs)
+    conv = formats.to_canonical(state_dict, metadata or {}, dict(components), source=source, strict=strict)
     adapters = {c: dict(m) for c, m in conv.adapters.items() if c in components and m}
     skipped = [c for c, m in conv.adapters.items() if c not in components and m]
     if skipped:
