@@ -63,7 +63,7 @@ UNSUPPORTED_ROLES: dict[str, str] = {
     "glora_b2": "GLoRA",
 }
 
-_DOWN_NAMES = (re.compile(r"\.lora_A{_SEG}\.weight$".replace("{_SEG}", _SEG)), re.compile(r"\.lora(?:_linear_layer)?\.down\.weight$"),
+_DOWN_NAMES = (re.compile(rf"\.lora_A{_SEG}\.weight$"), re.compile(r"\.lora(?:_linear_layer)?\.down\.weight$"),
                re.compile(r"\.lora_down\.weight$"))
 _ATTNPROC_DOWN = re.compile(r"_lora\.down\.weight$")
 
