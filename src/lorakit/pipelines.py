@@ -837,7 +837,6 @@ class LoraBaseMixin:
         if len(weights) != len(names):
             raise AdapterWeightError(f"{len(weights)} adapter weights for {len(names)} adapters ({summarize(names)})")
         managers = self._lorakit_managers()
-        models = self._lorakit_models()
         per_comp: dict[str, tuple[list[str], list[Any]]] = {c: ([], []) for c in managers}
         for name, w in zip(names, weights):
             if isinstance(w, Mapping):
@@ -855,7 +854,7 @@ class LoraBaseMixin:
                 if name not in mgr.adapters:
                     continue
                 spec = w.get(comp) if isinstance(w, Mapping) else w
-                value = 1.0 if spec is None else expand_block_weights(spec, models[comp], comp)
+                value = 1.0 if spec is None else expand_block_weights(spec, mgr.model, comp)
                 per_comp[comp][0].append(name)
                 per_comp[comp][1].append(value)
         for comp, mgr in managers.items():
