@@ -403,10 +403,11 @@ def _load_components(
             rank = _model_state(model).get("hotswap_target_rank")
             plans[comp] = _prepare_hotswap(mgr, name, mapping, comp, rank)
         for comp, full in plans.items():
-            hotswap_in_place(get_manager(models[comp]), name, full)  # type: ignore[arg-type]
-            warm_caches(get_manager(models[comp]))  # type: ignore[arg-type]
-            info_d = get_manager(models[comp]).info.setdefault(name, {})  # type: ignore[union-attr]
-            info_d.update(info or {})
+            mgr = get_manager(models[comp])
+            assert mgr is not None
+            hotswap_in_place(mgr, name, full)
+            warm_caches(mgr)
+            mgr.info.setdefault(name, {}).update(info or {})
         logger.info("hotswapped adapter %r in %s", name, summarize(plans))
         return
     staged: list[tuple[AdapterManager, dict[str, AdapterKind], str]] = []
