@@ -588,8 +588,6 @@ class LoraBaseMixin:
         """
         kwargs.pop("low_cpu_mem_usage", None)
         strict = bool(kwargs.pop("strict", False))
-        if isinstance(pretrained_model_name_or_path_or_dict, dict):
-            pretrained_model_name_or_path_or_dict = pretrained_model_name_or_path_or_dict.copy()
         kwargs["return_lora_metadata"] = True
         state_dict, network_alphas, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
         source = _source_name(pretrained_model_name_or_path_or_dict)
