@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import AdapterWeightError, expand_block_weights
+from .blocks import expand_block_weights
 from .errors import (
     AdapterExistsError,
     AdapterNotFoundError,
+    AdapterWeightError,
     ComponentError,
     HotswapError,
     KeyMismatchError,
