@@ -411,7 +411,7 @@ def _load_components(
             mgr.info.setdefault(name, {}).update(info or {})
         logger.info("hotswapped adapter %r in %s", name, summarize(plans))
         return
-    staged: list[tuple[AdapterManager, dict[str, AdapterKind], str]] = []
+    staged: list[tuple[AdapterManager, dict[str, AdapterKind], str, int | None]] = []
     for comp, mapping in adapters.items():
         model = models[comp]
         rank = _model_state(model).get("hotswap_target_rank")
@@ -419,15 +419,15 @@ def _load_components(
         mgr = get_manager(model)
         assert mgr is not None
         mgr.validate(name, padded)
-        staged.append((mgr, padded, comp))
-    for mgr, padded, comp in staged:
+        staged.append((mgr, padded, comp, rank))
+    for mgr, padded, comp, rank in staged:
         mgr.add_adapter(
             name, padded, weight=float(weights.get(comp, 1.0)), info=dict(info or {}, component=comp), validated=True
         )
         _install_scale_hooks(mgr.model)
-        if _model_state(mgr.model).get("hotswap_target_rank") is not None:
+        if rank is not None:
             warm_caches(mgr)
-    logger.info("loaded adapter %r into %s", name, summarize(c for _, _, c in staged))
+    logger.info("loaded adapter %r into %s", name, summarize(c for _, _, c, _ in staged))
 
 
 def _restore_fused(mgr: AdapterManager, fused: Mapping[str, Any], weights: Mapping[str, Any]) -> None:
