@@ -466,7 +466,9 @@ def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        lock = self.__dict__.setdefault("_lorakit_lock", threading.RLock())  # dict.setdefault is atomic
+        lock = self.__dict__.get("_lorakit_lock")
+        if lock is None:  # first call: dict.setdefault is atomic, so two threads end up with one lock
+            lock = self.__dict__.setdefault("_lorakit_lock", threading.RLock())
         with lock:
             return method(self, *args, **kwargs)
 
