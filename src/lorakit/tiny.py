@@ -7,6 +7,11 @@ the tokenizers are a tiny byte-level CLIP BPE tokenizer shipped with lorakit
 ``<|endoftext|>``). SD3 gets a tiny T5 encoder as ``text_encoder_3`` (``with_t5=False`` leaves it out, which the SD3
 pipelines allow); its tokenizer is the same tiny CLIP tokenizer, which the pipeline only ever calls.
 
+``tiny_pipeline("flux")`` builds a tiny Flux.1 [dev]-like pipeline (2 double + 2 single blocks, width 32,
+``guidance_embeds=True``, a tiny CLIP ``text_encoder``, a tiny T5 ``text_encoder_2`` (tokenized by the same tiny
+CLIP tokenizer), a 16-latent-channel VAE). Flux is not in :data:`FAMILIES` / :data:`TASKS` yet (it is listed in
+``PENDING_TASKS`` until lorakit's pipelines support it); its images are 32×32 (latents 16×16, 64 packed tokens).
+
 Example:
     >>> from lorakit.tiny import tiny_pipeline
     >>> pipe = tiny_pipeline("sd1")
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FAMILIES", "TASKS", "tiny_components", "tiny_pipeline", "tiny_tokenizer", "TOKENIZER_DIR"]
+__all__ = ["FAMILIES", "PENDING_TASKS", "TASKS", "tiny_components", "tiny_pipeline", "tiny_tokenizer", "TOKENIZER_DIR"]
 
 #: families tiny_pipeline can build
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "amused")
@@ -54,6 +59,15 @@ TASKS: dict[str, dict[str, str]] = {
         "text2img": "AmusedPipeline",
         "img2img": "AmusedImg2ImgPipeline",
         "inpaint": "AmusedInpaintPipeline",
+    },
+}
+
+#: families tiny_pipeline builds that are not (yet) in FAMILIES / TASKS
+PENDING_TASKS: dict[str, dict[str, str]] = {
+    "flux": {
+        "text2img": "FluxPipeline",
+        "img2img": "FluxImg2ImgPipeline",
+        "inpaint": "FluxInpaintPipeline",
     },
 }
 
@@ -147,6 +161,65 @@ def _sd_vae(sd3: bool = False) -> Any:
     return AutoencoderKL(**kw)
 
 
+def _flux_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    # FLUX.1's VAE: 16 latent channels, no quant convs, its own shift/scale
+    return AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=16,
+        norm_num_groups=2,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+
+
+def _flux_transformer() -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    # in_channels = 16 latent channels × 2×2 packing; 2 heads × 16 = width 32; rope axes sum to the head dim;
+    # joint_attention_dim = T5 width, pooled_projection_dim = CLIP width
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+
+
+def _tiny_t5(d_model: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=_VOCAB,
+            d_model=d_model,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=_EOS,
+            eos_token_id=_EOS,
+            decoder_start_token_id=0,
+        )
+    )
+
+
 def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
     """Per component a constructor (called under a seed of its own)."""
     from diffusers import (
@@ -235,6 +308,23 @@ def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
             )
             comps["tokenizer_3"] = tiny_tokenizer
         return comps
+    if family == "flux":
+        return {
+            "transformer": _flux_transformer,
+            "vae": _flux_vae,
+            "text_encoder": lambda: CLIPTextModel(_clip_config(layers=2)),
+            "tokenizer": tiny_tokenizer,
+            "text_encoder_2": lambda: _tiny_t5(32),
+            "tokenizer_2": tiny_tokenizer,
+            "scheduler": lambda: FlowMatchEulerDiscreteScheduler(
+                base_image_seq_len=256,
+                base_shift=0.5,
+                max_image_seq_len=4096,
+                max_shift=1.15,
+                shift=3.0,
+                use_dynamic_shifting=True,
+            ),
+        }
     if family == "amused":
         return {
             "vqvae": lambda: VQModel(
@@ -282,16 +372,17 @@ def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
             ),
             "scheduler": lambda: AmusedScheduler(mask_token_id=31),
         }
-    raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
+    raise ValueError(f"unknown tiny family {family!r}; known: {', '.join((*FAMILIES, *PENDING_TASKS))}")
 
 
 def tiny_components(
     family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *, with_t5: bool = True
 ) -> dict[str, Any]:
-    """The components of a tiny pipeline of ``family`` (``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"``).
+    """The components of a tiny pipeline of ``family`` (``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"``,
+    ``"flux"``).
 
     Args:
-        family: one of :data:`FAMILIES`.
+        family: one of :data:`FAMILIES` or :data:`PENDING_TASKS`.
         seed: weights are drawn from ``torch.manual_seed(seed + i)`` for the i-th component, inside a forked RNG
             (the caller's global RNG state is not changed).
         dtype: dtype of every model (tokenizers and schedulers are unaffected).
@@ -322,7 +413,7 @@ def tiny_components(
         out.update(
             safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False
         )
-    elif family in ("sdxl", "sd3"):
+    elif family in ("sdxl", "sd3", "flux"):
         out.update(image_encoder=None, feature_extractor=None)
     return out
 
@@ -338,7 +429,7 @@ def tiny_pipeline(
     """A tiny diffusers pipeline of ``family`` (see :func:`tiny_components`), a plain diffusers object.
 
     Args:
-        family: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"`` or ``"amused"``.
+        family: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"`` or ``"flux"``.
         seed: weight seed (same seed, same weights).
         dtype: dtype of the models.
         task: ``"text2img"``, ``"img2img"`` or ``"inpaint"`` (the family's diffusers pipeline class, see
@@ -356,11 +447,11 @@ def tiny_pipeline(
     import diffusers
 
     try:
-        cls_name = TASKS[family][task]
+        cls_name = {**TASKS, **PENDING_TASKS}[family][task]
     except KeyError:
         raise ValueError(
-            f"unknown tiny pipeline {family!r}/{task!r}; families: {', '.join(FAMILIES)}; tasks: text2img, img2img, "
-            "inpaint"
+            f"unknown tiny pipeline {family!r}/{task!r}; families: {', '.join((*FAMILIES, *PENDING_TASKS))}; tasks: "
+            "text2img, img2img, inpaint"
         ) from None
     cls = getattr(diffusers, cls_name)
     comps = tiny_components(family, seed, dtype, with_t5=with_t5)
