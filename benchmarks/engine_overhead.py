@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lorakit.kinds import LoRA
-from lorakit.manager import AdapterManager
+from lorakit.engine import AdapterManager
 
 
 def build(depth: int = 16, width: int = 640) -> nn.Module:

@@ -6,9 +6,10 @@ import logging
 
 from . import errors, kinds
 from .convert import ConvertReport, convert
+from .engine import AdapterManager, get_manager
 from .inspect import InspectReport, inspect
+from .io import read_lora
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
-from .manager import AdapterManager, get_manager
 from .pipelines import (
     AmusedLoraLoaderMixin,
     LoraBaseMixin,
@@ -16,6 +17,7 @@ from .pipelines import (
     StableDiffusionLoraLoaderMixin,
     StableDiffusionXLLoraLoaderMixin,
     attach,
+    load_report,
 )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -43,4 +45,6 @@ __all__ = [
     "get_manager",
     "inspect",
     "kinds",
+    "load_report",
+    "read_lora",
 ]

@@ -145,7 +145,7 @@ def resolve_device(name: str) -> str:
         if mps is not None and mps.is_available():
             return "mps"
         return "cpu"
-    from .manager import resolve_device as check
+    from .engine import resolve_device as check
 
     return str(check(name))
 
@@ -290,7 +290,7 @@ def load_report(pipe: Any, name: str, returned: Any = None) -> Any:
     """The load report of adapter ``name`` (returned by ``load_lora_weights``, or kept in the managers' info)."""
     if returned is not None and hasattr(returned, "summary"):
         return returned
-    from .manager import get_manager
+    from .engine import get_manager
 
     for comp in module_components(pipe).values():
         mgr = get_manager(comp, create=False)

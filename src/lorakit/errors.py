@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import LoadReport
 
 __all__ = [
     "LorakitError",
@@ -28,8 +32,11 @@ __all__ = [
     "DestinationExistsError",
     "AdapterWeightError",
     "ComponentError",
+    "AdapterNameError",
+    "DestinationError",
     "summarize",
     "closest",
+    "did_you_mean",
 ]
 
 
@@ -50,8 +57,22 @@ def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
     return [by_lower[h] for h in hits]
 
 
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
+    hint = closest(name, candidates, n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
+
+
 class LorakitError(Exception):
-    """Base class of every error lorakit raises on purpose."""
+    """Base class of every error lorakit raises on purpose.
+
+    Errors raised while converting a checkpoint carry the conversion's :class:`~lorakit.report.LoadReport` in
+    :attr:`report` (``None`` otherwise).
+    """
+
+    def __init__(self, *args: object, report: LoadReport | None = None) -> None:
+        super().__init__(*args)
+        self.report: LoadReport | None = report
 
 
 class FormatError(LorakitError, ValueError):
@@ -105,11 +126,19 @@ class UnsupportedPipelineError(LorakitError, TypeError):
     """``attach`` was given a pipeline of a family lorakit does not know."""
 
 
-class SourceNotFoundError(LorakitError, FileNotFoundError):
-    """A file, folder, hub repository or file inside a repository does not exist (or is not in the offline cache)."""
+class SourceNotFoundError(LorakitError, FileNotFoundError, ValueError):
+    """A file, folder, hub repository or file inside a repository does not exist (or is not in the offline cache).
+
+    Also a ``ValueError``, which diffusers raises where it cannot choose a file (an offline repository id without
+    ``weight_name``).
+    """
 
 
-class DestinationExistsError(LorakitError, FileExistsError):
+class DestinationError(LorakitError, OSError):
+    """A write cannot happen where it was asked to (a missing or unwritable folder, a folder where a file goes)."""
+
+
+class DestinationExistsError(DestinationError, FileExistsError):
     """A write would replace an existing file (pass ``overwrite=True``) or the destination is not usable."""
 
 
@@ -119,3 +148,7 @@ class AdapterWeightError(LorakitError, ValueError):
 
 class ComponentError(LorakitError, ValueError):
     """A component name is not one of the pipeline's LoRA-loadable components."""
+
+
+class AdapterNameError(LorakitError, ValueError):
+    """An adapter name is not a non-empty string."""

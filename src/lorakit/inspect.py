@@ -578,7 +578,7 @@ def inspect(
     adapters: Mapping[str, Mapping[str, Any]] = {}
     fmt = "unknown"
     try:
-        conv = formats.to_canonical(sd, metadata, None, source=name)
+        conv = formats.to_canonical(sd, metadata, None, source=name, allow_meta=True)
     except (ShapeMismatchError, KeyMismatchError) as exc:
         # the keys do not fit the reference model of the family they look like (custom or tiny model sizes,
         # names of another model): still describe the file; a layout nobody recognises is an error
@@ -596,7 +596,7 @@ def inspect(
         warnings.append(f"header-only conversion failed ({exc.__class__.__name__}); read all tensors")
         sd, metadata = lio.read_file(path, display=name)
         header_only = False
-        conv = formats.to_canonical(sd, metadata, None, source=name)
+        conv = formats.to_canonical(sd, metadata, None, source=name, allow_meta=True)
         adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
     else:
         adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
@@ -607,7 +607,7 @@ def inspect(
     if comp_models:
         placed_adapters: Mapping[str, Mapping[str, Any]] | None = None
         try:
-            placed = formats.to_canonical(sd, metadata, comp_models, source=name)
+            placed = formats.to_canonical(sd, metadata, comp_models, source=name, allow_meta=True)
             placed_report: Any = placed.report
             placed_adapters = placed.adapters
         except LorakitError as exc:

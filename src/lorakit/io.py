@@ -38,6 +38,7 @@ __all__ = [
     "LORA_WEIGHT_NAME",
     "LORA_WEIGHT_NAME_SAFE",
     "PICKLE_SUFFIXES",
+    "read_lora",
     "read_source",
     "read_file",
     "read_header",
@@ -617,6 +618,7 @@ def resolve_file(
     if not _looks_like_repo_id(src):
         raise SourceNotFoundError(f"{src}: no such file or folder")
     offline = _offline(local_files_only)
+    guessed = weight_name is None
     if weight_name is None:
         weight_name = _hub_weight_name(
             src,
@@ -628,18 +630,23 @@ def resolve_file(
             use_safetensors=use_safetensors,
         )
     display = f"hf://{src}/" + (f"{subfolder.strip('/')}/" if subfolder else "") + weight_name
-    path = _hub_download(
-        src,
-        weight_name,
-        display,
-        subfolder=subfolder or None,
-        cache_dir=cache_dir,
-        force_download=force_download,
-        proxies=proxies,
-        local_files_only=offline,
-        token=token,
-        revision=revision,
-    )
+    try:
+        path = _hub_download(
+            src,
+            weight_name,
+            display,
+            subfolder=subfolder or None,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            proxies=proxies,
+            local_files_only=offline,
+            token=token,
+            revision=revision,
+        )
+    except SourceNotFoundError as exc:
+        if guessed and offline:  # diffusers' wording for the same situation, which scripts match on
+            raise SourceNotFoundError(f"When using the offline mode, you must specify a `weight_name`. {exc}") from None
+        raise
     return os.fspath(path), display
 
 
@@ -703,3 +710,18 @@ def read_source(
     state_dict, metadata = read_file(path, display=display)
     logger.debug("read %d tensors from %s", len(state_dict), display)
     return state_dict, metadata, display
+
+
+def read_lora(source: Source, **kwargs: Any) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the whole raw header of a LoRA file, folder, Hub repository or dict (``lorakit.read_lora``).
+
+    ``lora_state_dict(..., return_lora_metadata=True)`` returns only the parsed ``lora_adapter_metadata``, as
+    diffusers does; this keeps every header entry (kohya ``ss_*``, ``modelspec.*``, ...). ``kwargs`` are those of
+    :func:`read_source`.
+
+    Example:
+        >>> state_dict, header = lorakit.read_lora("style.safetensors")  # doctest: +SKIP
+        >>> header.get("ss_output_name")  # doctest: +SKIP
+    """
+    state_dict, metadata, _ = read_source(source, **kwargs)
+    return state_dict, metadata

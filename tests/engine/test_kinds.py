@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
-from lorakit.manager import AdapterManager
+from lorakit.engine import AdapterManager
 
 LAYERS = {
     "linear": lambda: nn.Linear(32, 48),

@@ -18,7 +18,7 @@ from lorakit.errors import (
     ShapeMismatchError,
 )
 from lorakit.kinds import DoRA, LoHa, LoRA
-from lorakit.manager import AdapterManager, get_manager
+from lorakit.engine import AdapterManager, get_manager
 
 
 class Tiny(nn.Module):

@@ -20,7 +20,7 @@ import torch
 
 from lorakit.formats import from_canonical, to_canonical
 from lorakit.kinds import DoRA, Full, LoHa, LoKr, LoRA
-from lorakit.manager import AdapterManager
+from lorakit.engine import AdapterManager
 from lorakit.tiny import tiny_pipeline
 
 torch.set_num_threads(1)

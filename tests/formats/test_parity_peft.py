@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorakit.formats import to_canonical
-from lorakit.manager import AdapterManager
+from lorakit.engine import AdapterManager
 
 peft = pytest.importorskip("peft")
 

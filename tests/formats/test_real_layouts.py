@@ -112,7 +112,7 @@ def test_meta_tensors_from_a_header_only_read():
     """inspect() passes meta tensors (alphas may be real or meta): everything still lands, nothing is computed."""
     sd, expected = L.sd3_kohya()
     meta_sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
-    conv = to_canonical(meta_sd, {"ss_network_args": '{"split_qkv": "False"}'}, None, source="header-only")
+    conv = to_canonical(meta_sd, {"ss_network_args": '{"split_qkv": "False"}'}, None, source="header-only", allow_meta=True)
     _check_landing(conv, expected, "sd3")
     assert conv.report.components["transformer"].alpha_source == "tensor (value not read)"
 

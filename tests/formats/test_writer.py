@@ -14,7 +14,7 @@ from formats_models import assert_close, output, tiny_clip, tiny_unet, unet_inpu
 from lorakit.errors import FormatError
 from lorakit.formats import from_canonical, to_canonical
 from lorakit.kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
-from lorakit.manager import AdapterManager
+from lorakit.engine import AdapterManager
 
 G = torch.Generator().manual_seed(3)
 

@@ -19,7 +19,7 @@ from lorakit import errors, formats
 from lorakit.convert import ConvertReport, convert
 from lorakit.io import read_source
 from lorakit.kinds import LoRA
-from lorakit.manager import get_manager
+from lorakit.engine import get_manager
 from lorakit.tiny import tiny_components
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)

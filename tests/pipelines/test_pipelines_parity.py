@@ -187,7 +187,7 @@ def test_call_time_scale_kwargs(family: str) -> None:
     a = ref("a cat", generator=torch.Generator().manual_seed(0), **{kw: {"scale": 0.5}}, **args).images
     b = ours("a cat", generator=torch.Generator().manual_seed(0), **{kw: {"scale": 0.5}}, **args).images
     assert abs(a - b).max() <= TOL
-    assert all(m.call_scale == 1.0 for m in ours._lorakit_managers().values())
+    assert all(m.call_scale == 1.0 for m in ours._lorakit_set().managers().values())
 
 
 def test_call_time_scale_on_fused_adapters_warns_once(caplog) -> None:
@@ -204,7 +204,7 @@ def test_call_time_scale_on_fused_adapters_warns_once(caplog) -> None:
 
 
 def get_scale(pipe, family):
-    return pipe._lorakit_managers()[denoiser_name(family)].call_scale
+    return pipe._lorakit_set().managers()[denoiser_name(family)].call_scale
 
 
 def test_encode_prompt_lora_scale_restored_also_on_error() -> None:
@@ -217,12 +217,12 @@ def test_encode_prompt_lora_scale_restored_also_on_error() -> None:
     for g, w in zip(got, want):
         if g is not None:
             assert float((g - w).detach().abs().max()) <= TOL
-    mgrs = ours._lorakit_managers(["text_encoder", "text_encoder_2"]).values()
+    mgrs = ours._lorakit_set().managers(["text_encoder", "text_encoder_2"]).values()
     assert all(m.call_scale == 1.0 for m in mgrs)
     with pytest.raises((TypeError, ValueError, AttributeError)):
         ours.encode_prompt(prompt=None, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False, lora_scale=0.3)
     assert all(m.call_scale == 1.0 for m in mgrs)
-    unet_mgr = ours._lorakit_managers(["unet"])["unet"]
+    unet_mgr = ours._lorakit_set().managers(["unet"])["unet"]
     with pytest.raises(TypeError):  # no added_cond_kwargs: the SDXL UNet raises mid-forward
         ours.unet(torch.zeros(1, 3, 8, 8), 1, torch.zeros(1, 5, 64), cross_attention_kwargs={"scale": 0.2})
     assert unet_mgr.call_scale == 1.0
@@ -291,7 +291,7 @@ def test_save_then_reload(tmp_path, family: str) -> None:
     ours.load_lora_weights(sd, adapter_name="a")
     expected = outputs(ours, family)
     layers = {}
-    for comp, mgr in ours._lorakit_managers().items():
+    for comp, mgr in ours._lorakit_set().managers().items():
         layers[f"{comp}_lora_layers"] = {
             f"{p}.lora_{'A' if f == 'down' else 'B'}.weight": t for p, k in mgr.adapters["a"].items() for f, t in k.named_tensors()
         }
@@ -315,7 +315,7 @@ def test_set_lora_device_cpu_and_back() -> None:
     ours.set_lora_device(["a"], "cpu")
     ours.set_lora_device(["a"], dev)
     ours.set_lora_device(["a"], "cpu")
-    for mgr in ours._lorakit_managers().values():
+    for mgr in ours._lorakit_set().managers().values():
         assert all(k.device.type == "cpu" for k in mgr.adapters["a"].values())
     assert_close(outputs(ours, family), before, tol=0.0)
     with pytest.raises(lorakit.errors.AdapterNotFoundError):

@@ -22,8 +22,8 @@ from safety_helpers import (
 
 import lorakit
 from lorakit import errors
-from lorakit.blocks import AdapterWeightError
-from lorakit.pipelines import ComponentError
+from lorakit.errors import AdapterWeightError
+from lorakit.errors import ComponentError
 from lorakit.report import NO_SUCH_MODULE, UNRECOGNISED
 
 
@@ -219,7 +219,8 @@ def test_fuse_twice_matches_a_single_fuse_on_a_fresh_pipeline() -> None:
 
 
 def test_load_while_fused_runs_unfused_on_top() -> None:
-    """Defined behaviour: the fused weights stay as they are; the new adapter runs unfused on top of them."""
+    """Defined behaviour: the fused weights stay as they are; the new adapter runs unfused on top of them (and, as
+    in diffusers, becomes the only active one: the fused one still applies through the weights)."""
     pipe = new_pipe("sd1")
     pipe.load_lora_weights(lora_dict(pipe, seed=1), adapter_name="a")
     pipe.fuse_lora()
@@ -230,17 +231,19 @@ def test_load_while_fused_runs_unfused_on_top() -> None:
         for k, v in sd.items():
             assert torch.equal(v, now.weights[comp][k]), f"{comp}.{k}: the load wrote into fused weights"
     assert pipe.fused_loras == {"a"}
-    assert pipe.get_active_adapters() == ["a", "b"]
+    assert pipe.get_active_adapters() == ["b"]
     # reference: both adapters unfused on a fresh pipeline
     ref = new_pipe("sd1")
     ref.load_lora_weights(lora_dict(ref, seed=1), adapter_name="a")
     ref.load_lora_weights(lora_dict(ref, seed=2), adapter_name="b")
+    ref.set_adapters(["a", "b"])
     torch.testing.assert_close(denoiser_output(pipe), denoiser_output(ref), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(text_output(pipe), text_output(ref), rtol=1e-5, atol=1e-5)
     base_out = denoiser_output(new_pipe("sd1"))
     assert not torch.allclose(denoiser_output(pipe), base_out)
-    # unfuse: original weights bit for bit, both adapters still active (now both unfused)
+    # unfuse: original weights bit for bit; with both active again, both unfused
     pipe.unfuse_lora()
+    pipe.set_adapters(["a", "b"])
     base = snapshot(new_pipe("sd1"), outputs=False)
     after = snapshot(pipe, outputs=False)
     for comp, sd in base.weights.items():

@@ -37,6 +37,7 @@ def _pipe() -> Any:
     pipe = new_pipe("sd1")
     pipe.load_lora_weights(lora_dict(pipe, seed=1), adapter_name="a")
     pipe.load_lora_weights(lora_dict(pipe, seed=2), adapter_name="b")
+    pipe.set_adapters(["a", "b"])  # a load activates only the new adapter (as diffusers): combine both
     return pipe
 
 

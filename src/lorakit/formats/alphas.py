@@ -60,46 +60,77 @@ def _bool(value: Any) -> bool:
     return bool(value) if isinstance(value, (bool, int, float)) else False
 
 
+def _non_finite(value: Any) -> bool:
+    """A number that is NaN or infinite (as opposed to a missing or non-numeric value)."""
+    value = _json(value)
+    if isinstance(value, bool) or value is None:
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _match(key: str, name: str) -> bool:
+    try:
+        return re.match(rf"(.*\.)?({key})$", name) is not None
+    except re.error:
+        return name == key or name.endswith("." + key)
+
+
 @dataclass(slots=True)
 class PeftConfig:
-    """The alpha-relevant fields of one PEFT LoraConfig."""
+    """The rank and alpha fields of one PEFT LoraConfig."""
 
     source: str
     lora_alpha: float | None = None
     r: float | None = None
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    rank_pattern: dict[str, float] = field(default_factory=dict)
     use_rslora: bool = False
     use_dora: bool = False
+    #: fields whose value is NaN / Inf (the file is refused: no scale can be derived from them)
+    non_finite: list[str] = field(default_factory=list)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any], source: str) -> PeftConfig:
-        pattern = _json(fields.get("alpha_pattern")) or {}
-        clean: dict[str, float] = {}
-        if isinstance(pattern, Mapping):
-            for k, v in pattern.items():
-                n = _num(v)
-                if isinstance(k, str) and n is not None:
-                    clean[k] = n
+        bad = [f for f in ("lora_alpha", "r") if _non_finite(fields.get(f))]
+        patterns: dict[str, dict[str, float]] = {}
+        for pname in ("alpha_pattern", "rank_pattern"):
+            pattern = _json(fields.get(pname)) or {}
+            clean: dict[str, float] = {}
+            if isinstance(pattern, Mapping):
+                for k, v in pattern.items():
+                    if _non_finite(v):
+                        bad.append(f"{pname}[{k!r}]")
+                    n = _num(v)
+                    if isinstance(k, str) and n is not None:
+                        clean[k] = n
+            patterns[pname] = clean
         return cls(
             source=source,
             lora_alpha=_num(fields.get("lora_alpha")),
             r=_num(fields.get("r")),
-            alpha_pattern=clean,
+            alpha_pattern=patterns["alpha_pattern"],
+            rank_pattern=patterns["rank_pattern"],
             use_rslora=_bool(fields.get("use_rslora", False)),
             use_dora=_bool(fields.get("use_dora", False)),
+            non_finite=bad,
         )
 
     def alpha_for(self, names: list[str]) -> float | None:
         """PEFT's rule: the first pattern key ``k`` with ``re.match(rf"(.*\\.)?({k})$", name)``, else ``lora_alpha``."""
         for key, value in self.alpha_pattern.items():
-            for name in names:
-                try:
-                    hit = re.match(rf"(.*\.)?({key})$", name) is not None
-                except re.error:
-                    hit = name == key or name.endswith("." + key)
-                if hit:
-                    return value
+            if any(_match(key, name) for name in names):
+                return value
         return self.lora_alpha
+
+    def rank_for(self, names: list[str]) -> float | None:
+        """The rank the config gives a module (``rank_pattern``, else ``r``), by the same rule."""
+        for key, value in self.rank_pattern.items():
+            if any(_match(key, name) for name in names):
+                return value
+        return self.r
 
 
 @dataclass(slots=True)

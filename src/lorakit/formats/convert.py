@@ -44,6 +44,8 @@ from .transform import NotSeparable, split_rows, swap_halves
 logger = logging.getLogger(__name__)
 
 DENOISERS = ("unet", "transformer")
+#: layouts whose header config (lora_adapter_metadata / adapter_config) states each module's rank, as PEFT reads it
+_PEFT_LAYOUTS = frozenset({"diffusers", "peft", "unprefixed"})
 
 
 @dataclass
@@ -70,7 +72,9 @@ class _Outcome:
     shape_errors: list[tuple[str, str]]  # (key, message)
 
 
-def _check_input(state_dict: Any, metadata: Any, source: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _check_input(
+    state_dict: Any, metadata: Any, source: str, allow_meta: bool
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not isinstance(state_dict, Mapping):
         raise FormatError(f"{source}: a state dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     sd: dict[str, Tensor] = {}
@@ -79,6 +83,10 @@ def _check_input(state_dict: Any, metadata: Any, source: str) -> tuple[dict[str,
             raise FormatError(f"{source}: state-dict keys must be strings, got {type(k).__name__} {k!r:.60}")
         if not isinstance(v, Tensor):
             raise DTypeError(f"{source}: key {k!r} holds a {type(v).__name__}, not a tensor")
+        if v.layout != torch.strided:
+            raise DTypeError(f"{source}: key {k!r} is a {v.layout} tensor; adapter tensors must be dense")
+        if v.device.type == "meta" and not allow_meta:
+            raise DTypeError(f"{source}: key {k!r} is a meta tensor (no data); it cannot be applied")
         sd[k] = v
     if metadata is None:
         return sd, {}
@@ -161,6 +169,7 @@ def _convert(
     owner: dict[tuple[str, str], str] = {}
     shape_errors: list[tuple[str, str]] = []
     alpha_conflicts: Counter[str] = Counter()
+    config_errors: list[str] = []
     budget = [closest_budget]
 
     def skip(group: B.Group, reason: str, detail: str = "", component: str | None = None, hint: bool = False) -> None:
@@ -192,17 +201,25 @@ def _convert(
         first_path = target.paths[0]
         try:
             rank = B.rank_of(group, kind_name)
+            if rank == 0:
+                raise B.Skip(R.SHAPE_MISMATCH, f"rank 0 (tensors {_shapes(group)}): the adapter has no rank")
             t_alpha = B.scalar(group.tensors["alpha"], group.keys["alpha"]) if "alpha" in group.tensors else None
             t_scale = B.scalar(group.tensors["scale"], group.keys["scale"]) if "scale" in group.tensors else None
             alpha_names = _alpha_names(first_path)
             alpha, src = resolve_alpha(ctx, comp, alpha_names, rank, t_alpha, t_scale, _is_kxk(group))
             if t_alpha is None and "alpha" in group.tensors:  # a meta tensor (header-only inspection)
                 src = "tensor (value not read)"
-            if t_alpha is not None:
-                cfg = ctx.config(comp)
-                meta_alpha = cfg.alpha_for(alpha_names) if cfg is not None else None
+            cfg = ctx.config(comp)
+            if t_alpha is not None and cfg is not None:
+                meta_alpha = cfg.alpha_for(alpha_names)
                 if meta_alpha is not None and meta_alpha != t_alpha:
                     alpha_conflicts[comp] += 1
+            if kind_name == "lora" and cfg is not None and group.convention in _PEFT_LAYOUTS and rank is not None:
+                stated = cfg.rank_for(alpha_names)
+                if stated is not None and int(stated) != rank:
+                    config_errors.append(
+                        f"key {group.first_key!r} has rank {rank} but the header's {cfg.source} says r={stated:g}"
+                    )
             kind = B.build(group, kind_name, alpha)
             kind = B.wrap_dora(group, kind)
             placed = _place(kind, target, idx, ctx, group)
@@ -248,6 +265,12 @@ def _convert(
         if group.duplicates:
             for key in group.duplicates:
                 report.skipped.append(R.SkippedKey(key, R.DUPLICATE, comp, group.name, "the same tensor role twice"))
+    if config_errors:
+        raise FormatError(
+            f"{source}: the header's LoRA config does not describe the tensors ({len(config_errors)} module(s)); "
+            f"first: {config_errors[0]}",
+            report=report,
+        )
     for comp, n in alpha_conflicts.items():
         report.warnings.append(
             f"{comp}: {n} module(s) have an .alpha tensor that differs from the header config; the tensor was used"
@@ -307,6 +330,7 @@ def to_canonical(
     *,
     source: str = "<dict>",
     strict: bool = False,
+    allow_meta: bool = False,
 ) -> Conversion:
     """Convert a checkpoint (any supported layout) to canonical adapters of the given component models.
 
@@ -317,6 +341,7 @@ def to_canonical(
             the family guessed from the keys and header (built on the meta device).
         source: a name for messages (file path, hub id).
         strict: raise :class:`KeyMismatchError` when any key is not loaded.
+        allow_meta: accept meta tensors (header-only inspection); a load refuses them.
 
     Returns:
         :class:`Conversion` with ``adapters[component][module_path] = kind`` and the :class:`~lorakit.report.LoadReport`.
@@ -331,7 +356,7 @@ def to_canonical(
         >>> AdapterManager(pipe.unet).add_adapter("style", conv.adapters["unet"])  # doctest: +SKIP
     """
     try:
-        return _to_canonical(state_dict, metadata, components, source, strict)
+        return _to_canonical(state_dict, metadata, components, source, strict, allow_meta)
     except LorakitError:
         raise
     except (RuntimeError, IndexError, TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -363,10 +388,17 @@ def _to_canonical(
     components: Mapping[str, nn.Module] | None,
     source: str,
     strict: bool,
+    allow_meta: bool = False,
 ) -> Conversion:
-    sd, meta = _check_input(state_dict, metadata, source)
+    sd, meta = _check_input(state_dict, metadata, source, allow_meta)
     parsed, unclaimed = parse_keys(sd)
     ctx = parse_metadata(meta)
+    for comp, cfg in ctx.configs.items():
+        if cfg.non_finite:
+            raise FormatError(
+                f"{source}: the header's {cfg.source}" + (f" for {comp}" if comp else "")
+                + f" has non-finite {', '.join(cfg.non_finite)}; no scale can be derived from it"
+            )
     groups, skipped_pre = _group(parsed, sd)
     skipped_pre.extend(R.SkippedKey(k, R.UNRECOGNISED, detail="no known key convention") for k in unclaimed)
     fmt = format_name(parsed)
@@ -408,9 +440,9 @@ def _to_canonical(
             + (f" (family {family})" if family else "")
             + fam_hint
             + f"; first: {msg}"
-            + (f" (+{more} more: {summarize(k for k, _ in outcome.shape_errors[1:])})" if more else "")
+            + (f" (+{more} more: {summarize(k for k, _ in outcome.shape_errors[1:])})" if more else ""),
+            report=rep,
         )
-        err.report = rep  # type: ignore[attr-defined]
         raise err
     if rep.matched_keys == 0:
         first = [s for s in rep.skipped if s.reason == R.NO_SUCH_MODULE][:1]
@@ -427,17 +459,17 @@ def _to_canonical(
         err2 = KeyMismatchError(
             f"{source}: no key matched the model{fam_hint} ({len(sd)} keys, format {rep.format}, components "
             f"{summarize(indexes) or 'none'}; {', '.join(f'{r}: {n}' for r, n in reasons.items()) or 'empty'}); "
-            f"first keys: {summarize(list(sd)[:5])}{hint}"
+            f"first keys: {summarize(list(sd)[:5])}{hint}",
+            report=rep,
         )
-        err2.report = rep  # type: ignore[attr-defined]
         raise err2
     if strict and rep.skipped:
         reasons = Counter(s.reason for s in rep.skipped)
         err3 = KeyMismatchError(
             f"{source}: strict load: {len(rep.skipped)} of {len(sd)} keys not loaded "
-            f"({', '.join(f'{r}: {n}' for r, n in reasons.items())}): {summarize(s.key for s in rep.skipped)}"
+            f"({', '.join(f'{r}: {n}' for r, n in reasons.items())}): {summarize(s.key for s in rep.skipped)}",
+            report=rep,
         )
-        err3.report = rep  # type: ignore[attr-defined]
         raise err3
     if fam_hint:
         logger.warning("%s: %s", source, fam_hint.removeprefix("; "))

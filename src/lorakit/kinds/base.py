@@ -38,6 +38,8 @@ class AdapterKind:
 
     #: short name used in reports ("lora", "loha", ...)
     kind_name: ClassVar[str] = "base"
+    #: whether the kind applies to norm layers (LayerNorm / GroupNorm affine parameters)
+    applies_to_norm: ClassVar[bool] = False
 
     # -- maths -------------------------------------------------------------------------------------------------
     def delta_weight(self, base: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -88,6 +90,18 @@ class AdapterKind:
             raise ShapeMismatchError(
                 f"{where or self.kind_name}: bias delta of {bias.numel()} values for {base_shape[0]} outputs"
             )
+
+    # -- hotswap -------------------------------------------------------------------------------------------------
+    def padded(self: K, rank: int, where: str = "") -> K:
+        """The same delta with the rank zero-padded to ``rank`` (so a compiled graph keeps its shapes).
+
+        Kinds without a rank to pad return themselves; their shapes must match exactly.
+        """
+        return self
+
+    def zeroed(self, where: str = "") -> AdapterKind:
+        """An adapter of the same shapes whose delta is zero (a hotswap's new adapter does not target this module)."""
+        return self.map_tensors(torch.zeros_like)
 
     # -- derived helpers -----------------------------------------------------------------------------------------
     def named_tensors(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:

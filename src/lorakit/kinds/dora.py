@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeMismatchError
+from ..errors import HotswapError, ShapeMismatchError
 from .base import AdapterKind, f32
 
 #: eps added to the norm, as LyCORIS does (fp32 machine epsilon); PEFT adds none (difference ~1e-7 relative).
@@ -69,3 +70,9 @@ class DoRA(AdapterKind):
                 f"{where or 'dora'}: magnitude has {self.magnitude.numel()} values, the {self.axis}-axis of a weight "
                 f"of shape {tuple(base_shape)} has {expected}"
             )
+
+    def padded(self, rank: int, where: str = "") -> DoRA:
+        return dataclasses.replace(self, inner=self.inner.padded(rank, where))
+
+    def zeroed(self, where: str = "") -> AdapterKind:
+        raise HotswapError(f"{where or 'dora'}: the new adapter does not target this DoRA module; hotswap cannot zero it")

@@ -18,6 +18,7 @@ class Full(AdapterKind):
     diff_b: Tensor | None = None
 
     kind_name = "full"
+    applies_to_norm = True
 
     def delta_weight(self, base: Tensor) -> Tensor:
         if self.diff is None:

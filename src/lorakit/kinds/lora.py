@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeMismatchError
+from ..errors import HotswapError, ShapeMismatchError
 from .base import AdapterKind, alpha_scale, f32
 
 
@@ -93,3 +94,26 @@ class LoRA(AdapterKind):
         elif down.dim() == 2:  # a Linear-shaped factor on a conv: only valid for 1×1 kernels
             down = down.reshape(down.shape[0], *base_shape[1:])
         return down, f32(self.up).flatten(1) * self.scale
+
+    def padded(self, rank: int, where: str = "") -> LoRA:
+        """Zero-padded to ``rank`` (same delta: alpha grows with the rank); a higher rank raises HotswapError."""
+        r = self.rank
+        if r == rank:
+            return self
+        if r > rank:
+            raise HotswapError(
+                f"{where or 'lora'}: rank {r} exceeds the hotswap target rank {rank}; call "
+                f"enable_lora_hotswap(target_rank={r}) before loading the first adapter"
+            )
+        pad = rank - r
+        down = torch.cat([self.down, self.down.new_zeros((pad, *self.down.shape[1:]))], 0)
+        up = torch.cat([self.up, self.up.new_zeros((self.up.shape[0], pad, *self.up.shape[2:]))], 1)
+        mid = None if self.mid is None else torch.nn.functional.pad(self.mid, (0, 0, 0, 0, 0, pad, 0, pad))
+        alpha = None if self.alpha is None else float(self.alpha) * rank / r
+        return dataclasses.replace(self, down=down, up=up, mid=mid, alpha=alpha)
+
+    def zeroed(self, where: str = "") -> LoRA:
+        """``up`` (and the bias) zeroed: the delta is zero, ``down`` and the rank stay."""
+        return dataclasses.replace(
+            self, up=torch.zeros_like(self.up), bias=None if self.bias is None else torch.zeros_like(self.bias)
+        )

@@ -22,60 +22,38 @@ SD3 transformer: ``{"block_0": 0.5, "block_3": 0.0}`` (or integer keys, or a lis
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from .errors import AdapterWeightError, KeyMismatchError, closest, summarize
+from .. import families
+from ..engine import as_number
+from ..errors import AdapterWeightError, KeyMismatchError, did_you_mean, summarize
+from ..families import BlockTable
 
-__all__ = ["AdapterWeightError", "BlockTable", "TABLES", "table_for", "expand_block_weights"]
+__all__ = ["table_for", "expand_block_weights"]
 
 BlockSpec = float | int | Sequence[float] | Mapping[str, Any]
 
-
-@dataclass(frozen=True)
-class BlockTable:
-    """Where the blocks of one denoiser class are, as data.
-
-    Attributes:
-        kind: ``"unet"`` (down/mid/up with per-layer lists) or ``"transformer"`` (numbered blocks).
-        block_list: attribute holding the numbered blocks (``"transformer_blocks"``, ``"transformer_layers"``).
-        named: extra named groups ``{"down": "down_block", ...}`` -> path prefix (transformers only).
-    """
-
-    kind: str
-    block_list: str = ""
-    named: tuple[tuple[str, str], ...] = ()
-
-
-#: denoiser class name -> its block table
-TABLES: dict[str, BlockTable] = {
-    "UNet2DConditionModel": BlockTable(kind="unet"),
-    "SD3Transformer2DModel": BlockTable(kind="transformer", block_list="transformer_blocks"),
-    "UVit2DModel": BlockTable(
-        kind="transformer", block_list="transformer_layers", named=(("down", "down_block"), ("up", "up_block"))
-    ),
-}
 
 _UNET_LAYER = re.compile(r"^(down|up)_blocks\.(\d+)\.([a-z_]+)\.(\d+)(?:\.|$)")
 _UNET_BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)(?:\.|$)")
 
 
 def table_for(model: nn.Module) -> BlockTable | None:
-    """The block table of ``model``'s class (or of a base class), ``None`` when it has none."""
+    """The block table of ``model``'s family (found by its class or a base class), ``None`` when it has none."""
     for cls in type(model).__mro__:
-        if cls.__name__ in TABLES:
-            return TABLES[cls.__name__]
+        for fam in families.of_denoiser(cls.__name__):
+            return fam.blocks
     return None
 
 
 def _num(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AdapterWeightError(f"block weight {where}: expected a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    return as_number(value, f"block weight {where}")
 
 
 def _block_index(key: Any, count: int, where: str) -> int:
@@ -104,10 +82,9 @@ def _unet_layers(model: nn.Module) -> dict[str, list[int]]:
 def _expand_unet(spec: Mapping[str, Any], model: nn.Module) -> Callable[[str], float]:
     unknown = [k for k in spec if k not in ("down", "mid", "up")]
     if unknown:
-        hint = closest(str(unknown[0]), ["down", "mid", "up"])
         raise KeyMismatchError(
             f"unet block weights: unknown key(s) {summarize(unknown)} (expected down, mid, up)"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + did_you_mean(str(unknown[0]), ["down", "mid", "up"])
         )
     layers = _unet_layers(model)
     # (direction, block) -> per-layer weights
@@ -163,8 +140,13 @@ def _expand_unet(spec: Mapping[str, Any], model: nn.Module) -> Callable[[str], f
 
 
 def _expand_transformer(spec: BlockSpec, model: nn.Module, t: BlockTable) -> Callable[[str], float]:
-    blocks = getattr(model, t.block_list, None)
-    count = len(blocks) if blocks is not None else 0
+    # blocks are numbered over every list in order (Flux: the double blocks, then the single ones)
+    starts: list[tuple[str, int]] = []
+    count = 0
+    for attr in t.block_lists:
+        blocks = getattr(model, attr, None)
+        starts.append((attr, count))
+        count += len(blocks) if blocks is not None else 0
     named = dict(t.named)
     per_block: dict[int, float] = {}
     per_named: dict[str, float] = {}
@@ -177,24 +159,24 @@ def _expand_transformer(spec: BlockSpec, model: nn.Module, t: BlockTable) -> Cal
                     idx = _block_index(k, count, "")
                 except AdapterWeightError:
                     options = [f"block_{i}" for i in range(count)] + list(named)
-                    hint = closest(str(k), options)
                     raise KeyMismatchError(
                         f"block weight key {k!r}: expected block_0..block_{count - 1}"
                         + (f" or {', '.join(named)}" if named else "")
-                        + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        + did_you_mean(str(k), options)
                     ) from None
                 per_block[idx] = _num(v, str(k))
     else:
         values = list(spec)  # type: ignore[arg-type]
         if len(values) != count:
-            raise AdapterWeightError(f"block weights: {len(values)} values for {count} {t.block_list}")
+            raise AdapterWeightError(f"block weights: {len(values)} values for {count} blocks ({', '.join(t.block_lists)})")
         per_block = {i: _num(v, f"block_{i}") for i, v in enumerate(values)}
-    pattern = re.compile(rf"^{re.escape(t.block_list)}\.(\d+)(?:\.|$)")
+    patterns = [(re.compile(rf"^{re.escape(attr)}\.(\d+)(?:\.|$)"), start) for attr, start in starts]
 
     def weight(path: str) -> float:
-        m = pattern.match(path)
-        if m is not None:
-            return per_block.get(int(m.group(1)), 1.0)
+        for pattern, start in patterns:
+            m = pattern.match(path)
+            if m is not None:
+                return per_block.get(start + int(m.group(1)), 1.0)
         for prefix, w in per_named.items():
             if path == prefix or path.startswith(prefix + "."):
                 return w
@@ -223,8 +205,8 @@ def expand_block_weights(spec: BlockSpec, model: nn.Module, component: str = "")
         >>> fn("up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_q")  # doctest: +SKIP
         0.25
     """
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return float(spec)
+    if isinstance(spec, (numbers.Real, torch.Tensor)):
+        return as_number(spec, f"{component or 'adapter'} weight")
     t = table_for(model)
     if t is None:
         raise AdapterWeightError(
@@ -233,8 +215,23 @@ def expand_block_weights(spec: BlockSpec, model: nn.Module, component: str = "")
         )
     if t.kind == "unet":
         if not isinstance(spec, Mapping):
-            raise AdapterWeightError(f"{component or 'unet'}: block weights must be a dict with down / mid / up keys")
-        return _expand_unet(spec, model)
+            raise AdapterWeightError(
+                f"{component or 'unet'}: a weight must be a number, or block weights as a dict with down / mid / up "
+                f"keys; got {type(spec).__name__}"
+            )
+        return _named(component, lambda: _expand_unet(spec, model))
     if not isinstance(spec, (Mapping, Sequence)) or isinstance(spec, str):
-        raise AdapterWeightError(f"{component}: block weights must be a number, a dict or a list")
-    return _expand_transformer(spec, model, t)
+        raise AdapterWeightError(
+            f"{component}: a weight must be a number, or block weights as a dict or a list; got {type(spec).__name__}"
+        )
+    return _named(component, lambda: _expand_transformer(spec, model, t))
+
+
+def _named(component: str, expand: Callable[[], Callable[[str], float]]) -> Callable[[str], float]:
+    """Run ``expand``; its block-weight errors name the component (and adapter) they are about."""
+    if not component:
+        return expand()
+    try:
+        return expand()
+    except (AdapterWeightError, KeyMismatchError) as exc:
+        raise type(exc)(f"{component}: {exc}") from None

@@ -1,4 +1,4 @@
-"""Per-module machinery: the unfused ("sidecar") forward and the fused weight computation.
+"""Per-module maths: the unfused ("sidecar") forward and the fused weight computation.
 
 A target module keeps its class, its parameters and its ``state_dict`` keys. lorakit adds a forward hook that adds
 the active adapters' contribution to the module's output. The hook reads a *combined* form of the active set that is
@@ -14,19 +14,15 @@ rebuilt lazily whenever the manager's state version changes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ShapeMismatchError
-from .kinds import AdapterKind, Full
-
-if TYPE_CHECKING:
-    from .manager import AdapterManager
+from ..errors import ShapeMismatchError
+from ..kinds import AdapterKind
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +39,7 @@ def check_kind_fits(kind: AdapterKind, module: nn.Module, where: str) -> None:
     """Raise :class:`ShapeMismatchError` unless ``kind`` fits ``module`` (shapes, module type)."""
     if not is_supported(module):
         raise ShapeMismatchError(f"{where}: module type {type(module).__name__} cannot take adapters")
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not isinstance(kind, Full):
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not kind.applies_to_norm:
         raise ShapeMismatchError(f"{where}: only full deltas (w_norm/b_norm) apply to {type(module).__name__}")
     kind.check_shape(module.weight.shape, where)
     bias = kind.delta_bias()
@@ -160,98 +156,21 @@ def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: 
     return F.group_norm(x, module.num_groups, w, b, module.eps)
 
 
-class Slot:
-    """lorakit's state for one patched module: its hook, its original parameters while fused, its cache."""
-
-    __slots__ = ("path", "module", "manager", "handle", "pre_handle", "cache", "original", "fused", "swapped")
-
-    def __init__(self, path: str, module: nn.Module, manager: AdapterManager) -> None:
-        self.path = path
-        self.module = module
-        self.manager = manager
-        self.cache: Combined | None = None
-        # (weight, bias) tensors of the untouched module while fused weights are installed
-        self.original: tuple[Tensor, Tensor | None] | None = None
-        # (weight, bias) fused tensors while they are swapped out (adapters disabled)
-        self.fused: tuple[Tensor, Tensor | None] | None = None
-        # (weight, bias) tensors put aside while a merged weight serves one call ("merged" strategy)
-        self.swapped: tuple[Tensor, Tensor | None] | None = None
-        self.pre_handle = module.register_forward_pre_hook(self._pre_hook)
-        # always_call: the original tensors come back even when the forward raises
-        self.handle = module.register_forward_hook(self._hook, always_call=True)
-
-    def remove(self) -> None:
-        self.pre_handle.remove()
-        self.handle.remove()
-        self.cache = None
-
-    def original_weight(self) -> Tensor:
-        return self.original[0] if self.original is not None else self.module.weight.detach()
-
-    def original_bias(self) -> Tensor | None:
-        if self.original is not None:
-            return self.original[1]
-        b = self.module.bias
-        return None if b is None else b.detach()
-
-    def _combined(self, x: Tensor, merged: bool) -> Combined:
-        mgr = self.manager
-        c = self.cache
-        needs_grad = torch.is_grad_enabled() and mgr.trainable
-        stale = c is None or c.version != mgr.version or c.device != x.device or c.dtype != x.dtype
-        if needs_grad or stale or c.merged != merged:
-            c = mgr.build_combined(self, x.device, x.dtype, keep_graph=needs_grad, merged=merged)
-            if not needs_grad:
-                self.cache = c
-        return c
-
-    def _use_merged(self) -> bool:
-        mgr = self.manager
-        return mgr.unfused_strategy == "merged" and mgr.call_scale == 1.0 and not mgr.trainable
-
-    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
-        if not self.manager.unfused_active or not args or not self._use_merged():
-            return None
-        c = self._combined(args[0], merged=True)
-        if c.merged_weight is not None:
-            # serve this call with W + Σ s·ΔW; the original tensors come back in the post-hook (pointer swaps)
-            self.swapped = (module.weight.data, None if module.bias is None else module.bias.data)
-            module.weight.data = c.merged_weight
-            if c.merged_bias is not None:
-                module.bias.data = c.merged_bias
-        return None
-
-    def _hook(self, module: nn.Module, args: tuple, output: Tensor | None) -> Tensor | None:
-        if self.swapped is not None:
-            module.weight.data = self.swapped[0]
-            if self.swapped[1] is not None:
-                module.bias.data = self.swapped[1]
-            self.swapped = None
-            return output
-        mgr = self.manager
-        if output is None or not mgr.unfused_active or not args:
-            return output
-        x = args[0]
-        c = self._combined(x, merged=False)
-        if c.empty:
-            return output
-        return sidecar_output(module, x, output, c, mgr.call_scale)
-
-
 def fused_params(
-    slot: Slot,
+    module: nn.Module,
+    original: tuple[Tensor, Tensor | None],
     contributions: Iterable[Contribution],
     dtype: torch.dtype | None = None,
     base: tuple[Tensor, Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``W + Σ wᵢ·ΔWᵢ`` (and the bias) computed in fp32 from the original and cast once to the module's dtype.
 
-    ``base`` replaces the original as the starting point (the merged strategy starts from the fused weights); deltas
-    that depend on the weight (DoRA) always see the original.
+    ``original`` is the module's untouched ``(weight, bias)``; ``base`` replaces it as the starting point (the merged
+    strategy starts from the fused weights); deltas that depend on the weight (DoRA, OFT) always see the original.
     """
-    device = slot.module.weight.device
-    w_orig = slot.original_weight().to(device)
-    w0, b0 = base if base is not None else (slot.original_weight(), slot.original_bias())
+    device = module.weight.device
+    w_orig = original[0].to(device)
+    w0, b0 = base if base is not None else original
     w0 = w0.to(device)
     start = w0.flatten(1) if w0.dtype == torch.float32 else w0.float().flatten(1)
     # One new tensor per module: addmm/add write W + w·ΔW straight into it (no clone, no ΔW temporary for LoRA).
@@ -280,7 +199,7 @@ def fused_params(
             bacc = db if bacc is None else bacc + db
     if acc is None:
         acc = start.clone()
-    out_dtype = dtype or slot.module.weight.dtype
+    out_dtype = dtype or module.weight.dtype
     new_w = acc.reshape(w0.shape).to(out_dtype)
     new_b: Tensor | None = None
     if bacc is not None:
@@ -292,5 +211,3 @@ def fused_params(
 def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
 
-
-ScaleFn = Callable[[str], float]

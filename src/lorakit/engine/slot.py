@@ -1,0 +1,157 @@
+"""The hooks lorakit puts on one patched module, and the tensors it keeps for it.
+
+A :class:`Slot` reads its owner's state through the small :class:`SlotOwner` protocol (the manager implements it);
+it never imports the manager, so the arrow points one way: ``manager -> slot -> apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .apply import Combined, sidecar_output
+
+#: a module's ``(weight, bias)`` tensors
+Params = tuple[Tensor, Tensor | None]
+
+
+class SlotOwner(Protocol):
+    """What a slot needs to know about the state it serves."""
+
+    version: int
+    trainable: bool
+    call_scale: float
+    unfused_strategy: str
+
+    @property
+    def unfused_active(self) -> bool: ...
+
+    def build_combined(
+        self, slot: Slot, device: torch.device, dtype: torch.dtype, keep_graph: bool, merged: bool = False
+    ) -> Combined: ...
+
+
+def params_of(module: nn.Module) -> Params:
+    """The tensors the module holds now (``.data``: no autograd history)."""
+    return module.weight.data, None if module.bias is None else module.bias.data
+
+
+def show(module: nn.Module, params: Params) -> None:
+    """Point the module's parameters at ``params`` (a ``None`` bias keeps the module's bias), on its device."""
+    w, b = params
+    device = module.weight.device
+    module.weight.data = w if w.device == device else w.to(device)
+    if b is not None and module.bias is not None:
+        module.bias.data = b if b.device == device else b.to(device)
+
+
+class Slot:
+    """lorakit's state for one patched module.
+
+    Attributes:
+        path: the module path inside its model.
+        module: the module.
+        cache: the combined unfused form of the active set (rebuilt when the owner's version moves on).
+        original: the module's untouched ``(weight, bias)`` while fused tensors exist for it, else ``None``.
+        fused: the fused ``(weight, bias)`` of the owner's fused set for this module, else ``None``; the module holds
+            them while the owner is enabled and ``original`` while it is disabled.
+        swapped: tensors put aside while a merged weight serves one call (``"merged"`` strategy).
+    """
+
+    __slots__ = ("path", "module", "owner", "handle", "pre_handle", "cache", "original", "fused", "swapped")
+
+    def __init__(self, path: str, module: nn.Module, owner: SlotOwner) -> None:
+        self.path = path
+        self.module = module
+        self.owner = owner
+        self.cache: Combined | None = None
+        self.original: Params | None = None
+        self.fused: Params | None = None
+        self.swapped: Params | None = None
+        self.pre_handle = module.register_forward_pre_hook(self._pre_hook)
+        # always_call: the original tensors come back even when the forward raises
+        self.handle = module.register_forward_hook(self._hook, always_call=True)
+
+    def remove(self) -> None:
+        self.pre_handle.remove()
+        self.handle.remove()
+        self.cache = None
+
+    def original_params(self) -> Params:
+        """The module's untouched ``(weight, bias)``."""
+        return self.original if self.original is not None else params_of(self.module)
+
+    def original_weight(self) -> Tensor:
+        return self.original_params()[0]
+
+    def set_fused(self, params: Params | None, enabled: bool) -> None:
+        """Keep ``params`` as this module's fused tensors (``None``: no fused adapter here) and show what
+        ``enabled`` asks for: the fused tensors, or the original ones."""
+        if params is None:
+            if self.original is not None:
+                show(self.module, self.original)
+            self.original = None
+            self.fused = None
+            return
+        if self.original is None:
+            self.original = params_of(self.module)
+        self.fused = params
+        self.show(enabled)
+
+    def show(self, enabled: bool) -> None:
+        """Install the fused tensors (``enabled``) or the original ones; O(1), pointer swaps only."""
+        if self.fused is None or self.original is None:
+            return
+        w0, b0 = self.original
+        wf, bf = self.fused
+        show(self.module, (wf, bf if bf is not None else b0) if enabled else (w0, b0))
+
+    def bake(self) -> None:
+        """Forget the original tensors: whatever the module holds now stays (unload after fuse)."""
+        self.original = None
+        self.fused = None
+
+    def _combined(self, x: Tensor, merged: bool) -> Combined:
+        owner = self.owner
+        c = self.cache
+        needs_grad = torch.is_grad_enabled() and owner.trainable
+        stale = c is None or c.version != owner.version or c.device != x.device or c.dtype != x.dtype
+        if needs_grad or stale or c is None or c.merged != merged:
+            c = owner.build_combined(self, x.device, x.dtype, keep_graph=needs_grad, merged=merged)
+            if not needs_grad:
+                self.cache = c
+        return c
+
+    def _use_merged(self) -> bool:
+        owner = self.owner
+        return owner.unfused_strategy == "merged" and owner.call_scale == 1.0 and not owner.trainable
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        if not self.owner.unfused_active or not args or not self._use_merged():
+            return None
+        c = self._combined(args[0], merged=True)
+        if c.merged_weight is not None:
+            # serve this call with W + Σ s·ΔW; the tensors come back in the post-hook (pointer swaps)
+            self.swapped = params_of(module)
+            module.weight.data = c.merged_weight
+            if c.merged_bias is not None and module.bias is not None:
+                module.bias.data = c.merged_bias
+        return None
+
+    def _hook(self, module: nn.Module, args: tuple, output: Tensor | None) -> Tensor | None:
+        if self.swapped is not None:
+            module.weight.data = self.swapped[0]
+            if self.swapped[1] is not None and module.bias is not None:
+                module.bias.data = self.swapped[1]
+            self.swapped = None
+            return output
+        owner = self.owner
+        if output is None or not owner.unfused_active or not args:
+            return output
+        x = args[0]
+        c = self._combined(x, merged=False)
+        if c.empty:
+            return output
+        return sidecar_output(module, x, output, c, owner.call_scale)

@@ -1,0 +1,306 @@
+"""The family mixins: diffusers' method signatures (names, parameters, defaults) with one-line bodies.
+
+Everything they do is :class:`~lorakit.pipelines.api.LoraBaseMixin`'s; a family contributes its components
+(:mod:`lorakit.families`) and the signatures of its ``load_lora_into_*`` / ``save_lora_weights``, which differ in
+diffusers from family to family.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..families import AMUSED, SD1, SD3, SDXL
+from .api import LoraBaseMixin
+
+__all__ = [
+    "AmusedLoraLoaderMixin",
+    "SD3LoraLoaderMixin",
+    "StableDiffusionLoraLoaderMixin",
+    "StableDiffusionXLLoraLoaderMixin",
+]
+
+
+class _UNetMixin(LoraBaseMixin):
+    unet_name = "unet"
+    text_encoder_name = "text_encoder"
+
+    @classmethod
+    def load_lora_into_unet(
+        cls,
+        state_dict,
+        network_alphas,
+        unet,
+        adapter_name=None,
+        _pipeline=None,
+        low_cpu_mem_usage=False,
+        hotswap: bool = False,
+        metadata=None,
+    ) -> None:
+        """Load the LoRA layers of ``state_dict`` meant for ``unet``.
+
+        Args:
+            state_dict: a LoRA state dict (keys prefixed with ``unet.`` or indexed directly into the UNet; any
+                supported format).
+            network_alphas: alphas returned by :meth:`lora_state_dict` (or ``None``).
+            unet: the ``UNet2DConditionModel`` (a bare model works).
+            adapter_name: name (default ``default_{i}``).
+            _pipeline: the pipeline, for default names across components.
+            low_cpu_mem_usage: accepted for compatibility (no effect).
+            hotswap: replace adapter ``adapter_name`` in place.
+            metadata: the file's header metadata.
+        """
+        cls._lorakit_load_one(cls.unet_name, unet, state_dict, network_alphas, adapter_name, _pipeline, hotswap, metadata)
+
+
+class _PromptScaleMixin(LoraBaseMixin):
+    """``encode_prompt(..., lora_scale=s)`` scales the text encoders' adapters for that call only."""
+
+    def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().encode_prompt  # type: ignore[misc]
+        scale = kwargs.get("lora_scale")
+        if scale is None and args:
+            try:
+                scale = inspect.signature(parent).bind_partial(*args, **kwargs).arguments.get("lora_scale")
+            except TypeError:
+                scale = None
+        if scale is None:
+            return parent(*args, **kwargs)
+        family = self._lorakit_family
+        comps = [c for c in self._lora_loadable_modules if family is None or c != family.denoiser]
+        with self._lorakit_set().scaled(comps, scale):
+            return parent(*args, **kwargs)
+
+
+class StableDiffusionLoraLoaderMixin(_PromptScaleMixin, _UNetMixin):
+    """Load LoRA layers into Stable Diffusion ``UNet2DConditionModel`` and ``CLIPTextModel``."""
+
+    _lora_loadable_modules = list(SD1.components)
+    _lorakit_family = SD1
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        unet_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        text_encoder_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        is_main_process: bool = True,
+        weight_name: str = None,
+        save_function: Callable = None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata=None,
+        text_encoder_lora_adapter_metadata=None,
+    ) -> None:
+        """Save the LoRA parameters corresponding to the UNet and text encoder (diffusers layout).
+
+        Args:
+            save_directory: created if missing.
+            unet_lora_layers: state dict (or modules) of the UNet's LoRA layers, keys without the ``unet.`` prefix.
+            text_encoder_lora_layers: the same for the text encoder.
+            is_main_process: only the main process writes.
+            weight_name: file name (default ``pytorch_lora_weights.safetensors``).
+            save_function: replaces the writer.
+            safe_serialization: safetensors (default) or pickle.
+            unet_lora_adapter_metadata: LoraConfig fields for the UNet (written to the header).
+            text_encoder_lora_adapter_metadata: the same for the text encoder.
+        """
+        cls._lorakit_save(
+            save_directory,
+            {"unet": unet_lora_layers, "text_encoder": text_encoder_lora_layers},
+            is_main_process,
+            weight_name,
+            save_function,
+            safe_serialization,
+            {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata},
+        )
+
+
+class StableDiffusionXLLoraLoaderMixin(_PromptScaleMixin, _UNetMixin):
+    """Load LoRA layers into Stable Diffusion XL ``UNet2DConditionModel``, ``CLIPTextModel`` and
+    ``CLIPTextModelWithProjection``."""
+
+    _lora_loadable_modules = list(SDXL.components)
+    _lorakit_family = SDXL
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        unet_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        text_encoder_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        text_encoder_2_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        is_main_process: bool = True,
+        weight_name: str = None,
+        save_function: Callable = None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata=None,
+        text_encoder_lora_adapter_metadata=None,
+        text_encoder_2_lora_adapter_metadata=None,
+    ) -> None:
+        """Save the LoRA parameters corresponding to the UNet and the two text encoders (diffusers layout).
+
+        Args: as :meth:`StableDiffusionLoraLoaderMixin.save_lora_weights`, plus ``text_encoder_2_lora_layers`` /
+        ``text_encoder_2_lora_adapter_metadata``.
+        """
+        cls._lorakit_save(
+            save_directory,
+            {"unet": unet_lora_layers, "text_encoder": text_encoder_lora_layers, "text_encoder_2": text_encoder_2_lora_layers},
+            is_main_process,
+            weight_name,
+            save_function,
+            safe_serialization,
+            {
+                "unet": unet_lora_adapter_metadata,
+                "text_encoder": text_encoder_lora_adapter_metadata,
+                "text_encoder_2": text_encoder_2_lora_adapter_metadata,
+            },
+        )
+
+
+class SD3LoraLoaderMixin(_PromptScaleMixin, LoraBaseMixin):
+    """Load LoRA layers into ``SD3Transformer2DModel``, ``CLIPTextModelWithProjection`` (×2) and, when the file has
+    entries for it, the T5 ``text_encoder_3``. Specific to the StableDiffusion3 pipelines."""
+
+    _lora_loadable_modules = list(SD3.components)
+    _lorakit_family = SD3
+    _lorakit_returns_alphas = False
+    transformer_name = "transformer"
+    text_encoder_name = "text_encoder"
+
+    @classmethod
+    def load_lora_into_transformer(
+        cls,
+        state_dict,
+        transformer,
+        adapter_name=None,
+        _pipeline=None,
+        low_cpu_mem_usage=False,
+        hotswap: bool = False,
+        metadata=None,
+    ) -> None:
+        """Load the LoRA layers of ``state_dict`` meant for ``transformer`` (an ``SD3Transformer2DModel``).
+
+        Args:
+            state_dict: a LoRA state dict (``transformer.`` keys or keys indexed directly into the model; any
+                supported format, alphas included).
+            transformer: the transformer (a bare model works).
+            adapter_name: name (default ``default_{i}``).
+            _pipeline: the pipeline, for default names across components.
+            low_cpu_mem_usage: accepted for compatibility (no effect).
+            hotswap: replace adapter ``adapter_name`` in place.
+            metadata: the file's header metadata.
+        """
+        cls._lorakit_load_one(cls.transformer_name, transformer, state_dict, None, adapter_name, _pipeline, hotswap, metadata)
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        transformer_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        text_encoder_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        text_encoder_2_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        is_main_process: bool = True,
+        weight_name: str = None,
+        save_function: Callable = None,
+        safe_serialization: bool = True,
+        transformer_lora_adapter_metadata=None,
+        text_encoder_lora_adapter_metadata=None,
+        text_encoder_2_lora_adapter_metadata=None,
+        text_encoder_3_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+    ) -> None:
+        """Save the LoRA parameters of the transformer and the text encoders (diffusers layout).
+
+        Args: as :meth:`StableDiffusionLoraLoaderMixin.save_lora_weights` with ``transformer_lora_layers``; lorakit
+        adds ``text_encoder_3_lora_layers`` (T5).
+        """
+        cls._lorakit_save(
+            save_directory,
+            {
+                "transformer": transformer_lora_layers,
+                "text_encoder": text_encoder_lora_layers,
+                "text_encoder_2": text_encoder_2_lora_layers,
+                "text_encoder_3": text_encoder_3_lora_layers,
+            },
+            is_main_process,
+            weight_name,
+            save_function,
+            safe_serialization,
+            {
+                "transformer": transformer_lora_adapter_metadata,
+                "text_encoder": text_encoder_lora_adapter_metadata,
+                "text_encoder_2": text_encoder_2_lora_adapter_metadata,
+            },
+        )
+
+
+class AmusedLoraLoaderMixin(LoraBaseMixin):
+    """Load LoRA layers into the aMUSEd ``UVit2DModel`` and ``CLIPTextModelWithProjection`` (works on
+    ``AmusedPipeline`` and its img2img / inpaint variants through :func:`attach`)."""
+
+    _lora_loadable_modules = list(AMUSED.components)
+    _lorakit_family = AMUSED
+    transformer_name = "transformer"
+    text_encoder_name = "text_encoder"
+
+    @classmethod
+    def load_lora_into_transformer(
+        cls,
+        state_dict,
+        network_alphas,
+        transformer,
+        adapter_name=None,
+        _pipeline=None,
+        low_cpu_mem_usage=False,
+        hotswap: bool = False,
+        metadata=None,
+    ) -> None:
+        """Load the LoRA layers of ``state_dict`` meant for ``transformer`` (a ``UVit2DModel``).
+
+        Args:
+            state_dict: a LoRA state dict (``transformer.`` keys or keys indexed directly into the model).
+            network_alphas: alphas returned by :meth:`lora_state_dict` (or ``None``).
+            transformer: the transformer (a bare model works).
+            adapter_name: name (default ``default_{i}``).
+            _pipeline: the pipeline, for default names across components.
+            low_cpu_mem_usage: accepted for compatibility (no effect).
+            hotswap: replace adapter ``adapter_name`` in place.
+            metadata: the file's header metadata.
+        """
+        cls._lorakit_load_one(
+            cls.transformer_name, transformer, state_dict, network_alphas, adapter_name, _pipeline, hotswap, metadata
+        )
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        text_encoder_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        transformer_lora_layers: dict[str, nn.Module | torch.Tensor] = None,
+        is_main_process: bool = True,
+        weight_name: str = None,
+        save_function: Callable = None,
+        safe_serialization: bool = True,
+    ) -> None:
+        """Save the LoRA parameters of the transformer and the text encoder (diffusers layout)."""
+        cls._lorakit_save(
+            save_directory,
+            {"transformer": transformer_lora_layers, "text_encoder": text_encoder_lora_layers},
+            is_main_process,
+            weight_name,
+            save_function,
+            safe_serialization,
+        )
+
+
+#: loader name (``Family.loader``) -> its mixin
+MIXINS: dict[str, type[LoraBaseMixin]] = {
+    "sd": StableDiffusionLoraLoaderMixin,
+    "sdxl": StableDiffusionXLLoraLoaderMixin,
+    "sd3": SD3LoraLoaderMixin,
+    "amused": AmusedLoraLoaderMixin,
+}
