@@ -12,8 +12,8 @@ import time
 import torch
 from torch import nn
 
-from lorakit.kinds import LoRA
 from lorakit.engine import AdapterManager
+from lorakit.kinds import LoRA
 
 
 def build(depth: int = 16, width: int = 640) -> nn.Module:

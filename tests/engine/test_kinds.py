@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from lorakit.engine import AdapterManager
+from lorakit.kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 
 LAYERS = {
     "linear": lambda: nn.Linear(32, 48),

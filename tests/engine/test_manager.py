@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lorakit.engine import AdapterManager, get_manager
 from lorakit.errors import (
     AdapterExistsError,
     AdapterNotFoundError,
@@ -18,7 +19,6 @@ from lorakit.errors import (
     ShapeMismatchError,
 )
 from lorakit.kinds import DoRA, LoHa, LoRA
-from lorakit.engine import AdapterManager, get_manager
 
 
 class Tiny(nn.Module):

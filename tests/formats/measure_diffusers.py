@@ -18,9 +18,9 @@ import warnings
 
 import torch
 
+from lorakit.engine import AdapterManager
 from lorakit.formats import from_canonical, to_canonical
 from lorakit.kinds import DoRA, Full, LoHa, LoKr, LoRA
-from lorakit.engine import AdapterManager
 from lorakit.tiny import tiny_pipeline
 
 torch.set_num_threads(1)

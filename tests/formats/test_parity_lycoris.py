@@ -11,8 +11,8 @@ from formats_models import assert_close, clip_inputs, output, tiny_clip, tiny_un
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lorakit.formats import to_canonical
 from lorakit.engine import AdapterManager
+from lorakit.formats import to_canonical
 
 pytest.importorskip("lycoris")
 

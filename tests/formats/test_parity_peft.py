@@ -20,8 +20,8 @@ from formats_models import (
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lorakit.formats import to_canonical
 from lorakit.engine import AdapterManager
+from lorakit.formats import to_canonical
 
 peft = pytest.importorskip("peft")
 

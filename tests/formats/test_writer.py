@@ -11,10 +11,10 @@ import real_layouts as L
 import torch
 from formats_models import assert_close, output, tiny_clip, tiny_unet, unet_inputs
 
+from lorakit.engine import AdapterManager
 from lorakit.errors import FormatError
 from lorakit.formats import from_canonical, to_canonical
 from lorakit.kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
-from lorakit.engine import AdapterManager
 
 G = torch.Generator().manual_seed(3)
 

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from lorakit import errors, formats
 from lorakit.convert import ConvertReport, convert
+from lorakit.engine import get_manager
 from lorakit.io import read_source
 from lorakit.kinds import LoRA
-from lorakit.engine import get_manager
 from lorakit.tiny import tiny_components
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)

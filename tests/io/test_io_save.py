@@ -16,9 +16,9 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from lorakit import errors, formats
+from lorakit.engine import get_manager
 from lorakit.io import read_source
 from lorakit.kinds import LoRA
-from lorakit.engine import get_manager
 from lorakit.pipelines.save import write_lora_layers
 from lorakit.save import LORA_ADAPTER_METADATA_KEY, peft_metadata, save_adapter
 from lorakit.tiny import tiny_components

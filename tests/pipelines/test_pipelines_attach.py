@@ -21,12 +21,12 @@ import lorakit
 from lorakit.errors import (
     AdapterExistsError,
     AdapterNotFoundError,
+    ComponentError,
     HotswapError,
     KeyMismatchError,
     ShapeMismatchError,
     UnsupportedPipelineError,
 )
-from lorakit.errors import ComponentError
 from lorakit.tiny import TASKS
 
 CASES = [(f, t) for f in TASKS for t in TASKS[f] if f != "sd2"]

@@ -22,8 +22,7 @@ from safety_helpers import (
 
 import lorakit
 from lorakit import errors
-from lorakit.errors import AdapterWeightError
-from lorakit.errors import ComponentError
+from lorakit.errors import AdapterWeightError, ComponentError
 from lorakit.report import NO_SUCH_MODULE, UNRECOGNISED
 
 
