@@ -88,6 +88,9 @@ class Family:
     evidence: Evidence = field(default_factory=Evidence)
     blocks: BlockTable | None = None
 
+    def __repr__(self) -> str:
+        return f"Family({self.name!r})"
+
     @property
     def components(self) -> tuple[str, ...]:
         """Every LoRA-loadable component: the denoiser, the text encoders, then the extra ones."""
