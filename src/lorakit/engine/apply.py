@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,16 @@ logger = logging.getLogger(__name__)
 
 #: module classes lorakit can patch, unfused and fused.
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)
+
+
+def weight_of(module: nn.Module) -> Tensor:
+    """The module's weight (typed: ``nn.Module.__getattr__`` is not)."""
+    return cast(Tensor, module.weight)
+
+
+def bias_of(module: nn.Module) -> Tensor | None:
+    """The module's bias, or ``None``."""
+    return cast("Tensor | None", module.bias)
 
 
 def is_supported(module: nn.Module) -> bool:
@@ -121,7 +132,7 @@ def combine(
 def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: float) -> Tensor:
     """``y`` (the module's own output for input ``x``) plus the combined adapters' contribution."""
     if isinstance(module, nn.Linear):
-        if c.down is not None:
+        if c.down is not None and c.up is not None:
             h = F.linear(x, c.down)
             if scale != 1.0:
                 h = h * scale
@@ -134,7 +145,7 @@ def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: 
         return y
     if isinstance(module, (nn.Conv2d, nn.Conv1d)):
         conv = F.conv2d if isinstance(module, nn.Conv2d) else F.conv1d
-        if c.down is not None:
+        if c.down is not None and c.up is not None:
             h = conv(x, c.down, None, module.stride, module.padding, module.dilation)
             if scale != 1.0:
                 h = h * scale
@@ -147,13 +158,16 @@ def sidecar_output(module: nn.Module, x: Tensor, y: Tensor, c: Combined, scale: 
             y = y + b.reshape(1, -1, *([1] * (y.dim() - 2)))
         return y
     # Norm layers: the output is not linear in the weight delta's input, so recompute with patched affine params.
-    w = module.weight + (c.dense.reshape(module.weight.shape) * scale if c.dense is not None else 0)
-    b = module.bias
+    w = weight_of(module)
+    if c.dense is not None:
+        w = w + c.dense.reshape(w.shape) * scale
+    nb = bias_of(module)
     if c.bias is not None:
-        b = (b if b is not None else torch.zeros_like(c.bias)) + c.bias * scale
+        nb = (nb if nb is not None else torch.zeros_like(c.bias)) + c.bias * scale
     if isinstance(module, nn.LayerNorm):
-        return F.layer_norm(x, module.normalized_shape, w, b, module.eps)
-    return F.group_norm(x, module.num_groups, w, b, module.eps)
+        return F.layer_norm(x, module.normalized_shape, w, nb, module.eps)
+    assert isinstance(module, nn.GroupNorm)
+    return F.group_norm(x, module.num_groups, w, nb, module.eps)
 
 
 def fused_params(
@@ -168,7 +182,7 @@ def fused_params(
     ``original`` is the module's untouched ``(weight, bias)``; ``base`` replaces it as the starting point (the merged
     strategy starts from the fused weights); deltas that depend on the weight (DoRA, OFT) always see the original.
     """
-    device = module.weight.device
+    device = weight_of(module).device
     w_orig = original[0].to(device)
     w0, b0 = base if base is not None else original
     w0 = w0.to(device)
@@ -199,7 +213,7 @@ def fused_params(
             bacc = db if bacc is None else bacc + db
     if acc is None:
         acc = start.clone()
-    out_dtype = dtype or module.weight.dtype
+    out_dtype = dtype or weight_of(module).dtype
     new_w = acc.reshape(w0.shape).to(out_dtype)
     new_b: Tensor | None = None
     if bacc is not None:

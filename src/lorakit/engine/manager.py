@@ -38,7 +38,7 @@ from ..errors import (
     summarize,
 )
 from ..kinds import AdapterKind
-from .apply import Combined, all_finite, check_kind_fits, combine, fused_params
+from .apply import Combined, all_finite, check_kind_fits, combine, fused_params, weight_of
 from .slot import Params, Slot, params_of
 from .weights import Weight, as_number, as_weight, at, scaled
 
@@ -473,7 +473,7 @@ class AdapterManager:
         """
         with self.lock:
             for slot in self.slots.values():
-                w = slot.module.weight
+                w = weight_of(slot.module)
                 c = slot.cache
                 if c is None or c.version != self.version or c.device != w.device or c.dtype != w.dtype:
                     slot.cache = self.build_combined(slot, w.device, w.dtype, keep_graph=False)

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .apply import Combined, sidecar_output
+from .apply import Combined, bias_of, sidecar_output, weight_of
 
 #: a module's ``(weight, bias)`` tensors
 Params = tuple[Tensor, Tensor | None]
@@ -35,16 +35,18 @@ class SlotOwner(Protocol):
 
 def params_of(module: nn.Module) -> Params:
     """The tensors the module holds now (``.data``: no autograd history)."""
-    return module.weight.data, None if module.bias is None else module.bias.data
+    bias = bias_of(module)
+    return weight_of(module).data, None if bias is None else bias.data
 
 
 def show(module: nn.Module, params: Params) -> None:
     """Point the module's parameters at ``params`` (a ``None`` bias keeps the module's bias), on its device."""
     w, b = params
-    device = module.weight.device
-    module.weight.data = w if w.device == device else w.to(device)
-    if b is not None and module.bias is not None:
-        module.bias.data = b if b.device == device else b.to(device)
+    weight, bias = weight_of(module), bias_of(module)
+    device = weight.device
+    weight.data = w if w.device == device else w.to(device)
+    if b is not None and bias is not None:
+        bias.data = b if b.device == device else b.to(device)
 
 
 class Slot:
@@ -135,16 +137,12 @@ class Slot:
         if c.merged_weight is not None:
             # serve this call with W + Σ s·ΔW; the tensors come back in the post-hook (pointer swaps)
             self.swapped = params_of(module)
-            module.weight.data = c.merged_weight
-            if c.merged_bias is not None and module.bias is not None:
-                module.bias.data = c.merged_bias
+            show(module, (c.merged_weight, c.merged_bias))
         return None
 
     def _hook(self, module: nn.Module, args: tuple, output: Tensor | None) -> Tensor | None:
         if self.swapped is not None:
-            module.weight.data = self.swapped[0]
-            if self.swapped[1] is not None and module.bias is not None:
-                module.bias.data = self.swapped[1]
+            show(module, self.swapped)
             self.swapped = None
             return output
         owner = self.owner
