@@ -59,7 +59,8 @@ the sequence is shrunk (steps removed while the same kind of failure remains) an
 
 Run many sequences / list distinct failures: ``python tests/state/state_model.py --family sd1 -n 5000 --all``.
 Exploration knobs (environment): ``LORAKIT_STATE_LOAD=additive`` (above), ``LORAKIT_STATE_SKIP=disable,unload``
-(operations never generated, to look past a known bug), ``LORAKIT_STATE_TOL`` (default 1e-5).
+(operations never generated, to look past a known bug; ``fuse@disabled``: not while disabled),
+``LORAKIT_STATE_TOL`` (default 1e-5).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ TOL = float(os.environ.get("LORAKIT_STATE_TOL", "1e-5"))
 #: see the module docstring: while disabled, parameters must be the base bit for bit
 BITS_WHILE_DISABLED = True
 LOAD_SEMANTICS = os.environ.get("LORAKIT_STATE_LOAD", "diffusers")  # or "additive"
-#: exploration knob: operations never generated (comma-separated op names, e.g. "disable,hotswap")
+#: exploration knob: operations never generated (comma-separated op names, e.g. "disable,hotswap"; "fuse@disabled":
+#: not while the pipeline is disabled)
 SKIP_OPS = frozenset(o for o in os.environ.get("LORAKIT_STATE_SKIP", "").split(",") if o)
 WEIGHT_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, -0.5)
 LORA_SCALES = (1.0, 1.0, 0.5, 0.75, 1.5, -1.0, 0.0)
@@ -722,7 +724,7 @@ class Generator:
             options.append(("load", 6.0 if len(loaded) < 2 else 2.5))
         if loaded:
             options += [("set_adapters", 3.0), ("fuse", 5.0), ("delete", 2.5), ("hotswap", 3.0)]
-        options = [(o, w) for o, w in options if o not in SKIP_OPS]
+        options = [(o, w) for o, w in options if o not in SKIP_OPS and (s.enabled or f"{o}@disabled" not in SKIP_OPS)]
         op = rng.choices([o for o, _ in options], weights=[w for _, w in options])[0]
         comps = list(s.comps)
         if op == "load":
@@ -832,6 +834,7 @@ class Harness:
                 self.touched[c].update(mods)
         self._installed: dict[str, Any] = {}
         self._out_cache: dict[Any, Any] = {}
+        self._w_cache: dict[Any, Tensor] = {}
         self._inputs = self._make_inputs()
 
     # ------------------------------------------------------------- files
@@ -898,6 +901,15 @@ class Harness:
 
     # ------------------------------------------------------------- reference
     def expected_weight(self, comp: str, path: str, contribs: Sequence[Contribution]) -> Tensor:
+        key = (comp, path, tuple((f, v, freeze(s), m) for f, v, s, m in contribs))
+        w = self._w_cache.get(key)
+        if w is None:
+            if len(self._w_cache) > 20000:
+                self._w_cache.clear()
+            w = self._w_cache[key] = self._expected_weight(comp, path, contribs)
+        return w
+
+    def _expected_weight(self, comp: str, path: str, contribs: Sequence[Contribution]) -> Tensor:
         w = self.w0[comp][f"{path}.weight"].double()
         for fkey, variant, spec, mult in contribs:
             d = self.file(fkey, variant).deltas.get(comp, {}).get(path)
@@ -920,6 +932,8 @@ class Harness:
         out = self._out_cache.get(key)
         if out is None:
             self._install(comp, contribs)
+            if len(self._out_cache) > 20000:
+                self._out_cache.clear()
             out = self._out_cache[key] = self.component_output(self.ref, comp)
         return out
 
@@ -944,19 +958,32 @@ class Harness:
         if not err <= bound:
             raise StepFailure("output", comp, f"{what}: max|Δ| = {err:.3g} > {bound:.3g}")
 
-    def check(self, pipe: Any, state: RefState, scale: float | None) -> None:
-        # weights first: they name the module (outputs only tell that something is off)
+    def pipe_modules(self, pipe: Any) -> dict[str, dict[str, nn.Module]]:
+        """The modules of ``pipe`` that some file targets (lorakit never replaces modules: valid for its life)."""
+        return {c: {p: getattr(pipe, c).get_submodule(p) for p in self.touched[c]} for c in self.comps}
+
+    def check_weights(self, pipe: Any, state: RefState, mods: dict[str, dict[str, nn.Module]] | None) -> None:
+        """Bit-exact base where nothing is fused (or disabled), ≈ base + fused elsewhere. ``mods``: check only
+        those modules' weights and biases (every step); ``None``: every parameter and buffer (sequence end)."""
         for comp in self.comps:
-            model = getattr(pipe, comp)
             fused_now = state.enabled and bool(state.fused[comp])
-            if not state.enabled and not BITS_WHILE_DISABLED:
-                fused_now = bool(state.fused[comp])
-            expect_fused = state.baked[comp] + (state.fused_contribs(comp) if fused_now else [])
+            free = not state.enabled and not BITS_WHILE_DISABLED and bool(state.fused[comp])
+            expect = state.baked[comp] + (state.fused_contribs(comp) if fused_now else [])
             bits = state.base_bits[comp]
-            for name, t in model.state_dict().items():
+            if mods is None:
+                items = list(getattr(pipe, comp).state_dict().items())
+            else:
+                items = []
+                for path, m in mods[comp].items():
+                    items.append((f"{path}.weight", m.weight.detach()))
+                    if m.bias is not None:
+                        items.append((f"{path}.bias", m.bias.detach()))
+            for name, t in items:
                 path = name[: -len(".weight")] if name.endswith(".weight") else None
-                if fused_now and path in self.touched[comp]:
-                    exp = self.expected_weight(comp, path, expect_fused)
+                if path in self.touched[comp] and (fused_now or free):
+                    if free:
+                        continue
+                    exp = self.expected_weight(comp, path, expect)
                     err = float((t - exp).abs().max())
                     if not err <= TOL * max(1.0, float(exp.abs().max())):
                         raise StepFailure("fused weight", comp, f"{path}: max|W - (base + fused)| = {err:.3g}")
@@ -966,6 +993,10 @@ class Harness:
                     why = "pipeline disabled" if not state.enabled else "nothing fused"
                     diff = float((t.double() - ref.double()).abs().max()) if t.shape == ref.shape else float("nan")
                     raise StepFailure("weights not base", comp, f"{name} differs from the base ({why}; max|Δ| {diff:.3g})")
+
+    def check(self, pipe: Any, state: RefState, scale: float | None, mods: dict[str, dict[str, nn.Module]] | None) -> None:
+        # weights first: they name the module (outputs only tell that something is off)
+        self.check_weights(pipe, state, mods)
         for comp in self.comps:
             got = self.component_output(pipe, comp, scale if comp == self.denoiser else None)
             ref = self.reference_output(comp, state.expected(comp, scale if (scale is not None and comp == self.denoiser) else 1.0))
@@ -998,9 +1029,15 @@ class Harness:
 
     # ------------------------------------------------------------- running
     def new_pipe(self) -> Any:
+        """A fresh attached pipeline: its LoRA-loadable components are deep copies of the base's; the others (VAE,
+        tokenizers, scheduler), which lorakit never touches, are shared (copying them dominated the cost)."""
         import lorakit
 
-        return lorakit.attach(copy.deepcopy(self.base))
+        pipe = copy.copy(self.base)
+        pipe.__dict__ = dict(self.base.__dict__)
+        for c in self.comps:
+            pipe.__dict__[c] = copy.deepcopy(getattr(self.base, c))
+        return lorakit.attach(pipe)
 
     def run(
         self,
@@ -1013,6 +1050,7 @@ class Harness:
         """Replay ``steps`` (skipping those invalid in the reference state), or generate ``length`` steps with
         ``rng``. Returns the executed steps and the first failure (None: every check passed)."""
         pipe = self.new_pipe()
+        mods = self.pipe_modules(pipe)
         state = RefState(self.comps)
         gen = Generator(self, rng) if rng is not None else None
         source: Iterator[Step] = iter(steps) if steps is not None else (gen.next(state) for _ in range(length))  # type: ignore[union-attr]
@@ -1031,9 +1069,13 @@ class Harness:
                 if isinstance(step, Unload):
                     self._check_baked(pipe, state)
                     self.after_unload(pipe, state)
-                self.check(pipe, state, step.call_scale())
+                self.check(pipe, state, step.call_scale(), None if isinstance(step, Unload) else mods)
             except StepFailure as f:
                 return done, Failure(self.family, done, f.kind, f.comp, f.detail, state.summary(), seed)
+        try:
+            self.check_weights(pipe, state, None)
+        except StepFailure as f:
+            return done, Failure(self.family, done, f.kind, f.comp, f.detail + " (full check at the end)", state.summary(), seed)
         return done, None
 
     def shrink(self, failure: Failure, budget: int = 200) -> Failure:

@@ -1,7 +1,7 @@
 """Random sequences of pipeline LoRA calls against an independent reference (issue 11 C; see ``state_model``).
 
-``LORAKIT_STATE_SEQUENCES`` (default 240) is the number of sequences over all families (half SD1, a quarter each
-SDXL and SD3); ``LORAKIT_STATE_SEED`` picks another set of sequences; ``LORAKIT_STATE_SHRINK`` is the replay budget
+``LORAKIT_STATE_SEQUENCES`` (default 150) is the number of sequences over all families (45 % SD1, 15 % SDXL, whose
+tiny UNet is the slowest, 40 % SD3); ``LORAKIT_STATE_SEED`` picks another set of sequences; ``LORAKIT_STATE_SHRINK`` is the replay budget
 of the shrinker that turns a failing sequence into a short one (default 150). A failure prints the shrunk
 sequence as code, the reference state and what differed.
 """
@@ -15,10 +15,10 @@ import pytest
 import state_model as sm
 import torch
 
-SEQUENCES = int(os.environ.get("LORAKIT_STATE_SEQUENCES", "240"))
+SEQUENCES = int(os.environ.get("LORAKIT_STATE_SEQUENCES", "150"))
 SEED = int(os.environ.get("LORAKIT_STATE_SEED", "0"))
 SHRINK = int(os.environ.get("LORAKIT_STATE_SHRINK", "150"))
-SHARE = {"sd1": 0.5, "sdxl": 0.25, "sd3": 0.25}
+SHARE = {"sd1": 0.45, "sdxl": 0.15, "sd3": 0.4}
 
 
 @cache
@@ -84,10 +84,10 @@ def test_the_checks_catch_a_wrong_weight() -> None:
     step = sm.Load("F1", 0, "a")
     step.apply(h, pipe)
     step.update(h, state)
-    h.check(pipe, state, None)
+    h.check(pipe, state, None, None)
     pipe.set_adapters(["a"], [0.75])
     with pytest.raises(sm.StepFailure, match=r"output \[unet\]"):
-        h.check(pipe, state, None)
+        h.check(pipe, state, None, None)
 
 
 def test_the_checks_catch_a_changed_bit() -> None:
@@ -98,7 +98,7 @@ def test_the_checks_catch_a_changed_bit() -> None:
     with torch.no_grad():
         w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(10.0))
     with pytest.raises(sm.StepFailure, match="conv_in.weight differs from the base"):
-        h.check(pipe, state, None)
+        h.check(pipe, state, None, None)
 
 
 @pytest.mark.parametrize(
