@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from . import errors, kinds
-from .convert import ConvertReport, convert
+from .conversion import ConvertReport, convert
 from .engine import AdapterManager, get_manager
-from .inspect import InspectReport, inspect
+from .inspection import InspectReport, inspect
 from .io import read_lora
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .pipelines import (

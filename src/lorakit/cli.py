@@ -427,7 +427,7 @@ def _skipped(report: Any) -> list[dict[str, Any]]:
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .inspect import inspect as inspect_file
+    from .inspection import inspect as inspect_file
 
     pipe = None
     if args.model:
@@ -503,7 +503,7 @@ def _print_landing(console: Console, landed: dict[str, dict[str, Any]], skipped:
 # ----------------------------------------------------------------------------------------------- convert
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
     try:
-        from .convert import convert
+        from .conversion import convert
     except ImportError as exc:
         raise CliError(f"this lorakit build has no converter (lorakit.convert: {exc})") from None
     from .errors import DestinationExistsError

@@ -222,7 +222,7 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
     import torch
 
     from .cli import attach, load_report, module_components
-    from .inspect import inspect as inspect_file
+    from .inspection import inspect as inspect_file
     from .tiny import tiny_pipeline
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lorakit import errors, formats
-from lorakit.convert import ConvertReport, convert
+from lorakit.conversion import ConvertReport, convert
 from lorakit.engine import get_manager
 from lorakit.io import read_source
 from lorakit.kinds import LoRA

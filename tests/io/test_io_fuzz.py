@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lorakit import errors
-from lorakit.inspect import inspect
+from lorakit.inspection import inspect
 from lorakit.io import read_header, read_source
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("LORAKIT_FUZZ_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -227,7 +227,7 @@ def test_downloaded_html_page_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_inspect_from_the_offline_cache(tmp_path: Path) -> None:
-    from lorakit.inspect import inspect
+    from lorakit.inspection import inspect
 
     make_cache(tmp_path, "someone/lora", {"pytorch_lora_weights.safetensors": lora_sd(13)})
     rep = inspect("someone/lora", cache_dir=tmp_path, local_files_only=True)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import lorakit.inspect as inspect_module
+import lorakit
 from lorakit import errors
 from lorakit import io as lio
-from lorakit.inspect import InspectReport, guess_family, inspect
+from lorakit.families import detect
+from lorakit.inspection import InspectReport, inspect
 from lorakit.tiny import tiny_components
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0"  # 320 wide in SD1/SD2
@@ -57,14 +58,14 @@ def test_header_only_never_reads_tensor_data(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     read_keys: list[str] = []
-    real_read_tensors = lio.read_tensors
+    real_read_tensors = lio.files.read_tensors
 
     def spy(path: object, keys: object) -> dict[str, torch.Tensor]:
         keys = list(keys)  # type: ignore[call-overload]
         read_keys.extend(keys)
         return real_read_tensors(path, keys)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(lio, "read_tensors", spy)
+    monkeypatch.setattr(lio.files, "read_tensors", spy)
 
     rep = inspect(p)
     assert rep.header_only
@@ -90,14 +91,14 @@ def test_only_alpha_tensors_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
     p = tmp_path / "a.safetensors"
     save_file(sd, str(p))
     read_keys: list[str] = []
-    real = lio.read_tensors
+    real = lio.files.read_tensors
 
     def spy(path: object, keys: object) -> dict[str, torch.Tensor]:
         keys = list(keys)  # type: ignore[call-overload]
         read_keys.extend(keys)
         return real(path, keys)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(lio, "read_tensors", spy)
+    monkeypatch.setattr(lio.files, "read_tensors", spy)
     rep = inspect(p)
     assert read_keys == [f"unet.{ATTN}.attn2.to_k.alpha"]
     assert rep.family == "SD2"
@@ -113,7 +114,10 @@ def test_only_alpha_tensors_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({f"{ATTN}.attn2.processor.to_k_lora.down.weight": (4, 768)}, {}, "SD1"),
         ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (8, 2048)}, {}, "SDXL"),
         ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (8, 768)}, {}, "SD1"),
-        ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.hada_w1_b": (8, 1024)}, {}, "SD2"),
+        pytest.param(
+            {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.hada_w1_b": (8, 1024)}, {}, "SD2",
+            marks=pytest.mark.xfail(strict=True, reason="families.detect reads no LoHa (hada_w*_b) widths yet"),
+        ),
         ({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (16, 1536)}, {}, "SD3"),
         ({"transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight": (4, 1536)}, {}, "SD3"),
         ({"lora_transformer_transformer_blocks_0_attn_add_k_proj.lora_down.weight": (4, 1536)}, {}, "SD3"),
@@ -135,10 +139,24 @@ def test_only_alpha_tensors_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"x.lora_A.weight": (4, 8)}, {}, "unknown"),
     ],
 )
-def test_guess_family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], family: str) -> None:
-    got, evidence = guess_family(shapes, metadata)
-    assert got == family, evidence
-    assert evidence
+def test_family_detection(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], family: str) -> None:
+    """The one detector (families.detect), which inspect reports, on header fields, key names and shapes."""
+    guess = detect.from_keys(shapes, metadata)
+    got = guess.family.display if guess.family is not None else "unknown"
+    assert got == family, guess.evidence
+    assert guess.evidence
+
+
+def test_a_family_the_detector_leaves_open_comes_from_the_reference_model() -> None:
+    """A LoHa file gives the detector no width to read; inspect names the family whose reference model its keys
+    fit (SD2: cross-attention width 1024) and says so."""
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    g = torch.Generator().manual_seed(0)
+    sd = {f"{key}.hada_w{i}_a": torch.randn(320, 4, generator=g) for i in (1, 2)}
+    sd.update({f"{key}.hada_w{i}_b": torch.randn(4, 1024, generator=g) for i in (1, 2)})
+    rep = inspect(sd)
+    assert rep.kinds == {"loha": 1}
+    assert rep.family == "SD2" and "reference model" in rep.family_evidence
 
 
 def test_dict_source_report_and_renderings() -> None:
@@ -240,10 +258,11 @@ def test_bad_files_raise_typed_errors(tmp_path: Path) -> None:
         inspect(q)
 
 
-def test_module_is_callable(tmp_path: Path) -> None:
+def test_public_function(tmp_path: Path) -> None:
+    """``lorakit.inspect`` is the function (no callable module); its module is ``lorakit.inspection``."""
     sd = diffusers_sd({f"{ATTN}.attn2.to_k": 4}, {f"{ATTN}.attn2.to_k": (320, 768)})
-    rep = inspect_module(sd)  # type: ignore[operator]
-    assert rep.family == "SD1"
+    assert lorakit.inspect is inspect and inspect.__module__ == "lorakit.inspection"
+    assert lorakit.inspect(sd).family == "SD1"
 
 
 def test_file_that_fits_no_reference_model_is_still_described(tmp_path: Path) -> None:

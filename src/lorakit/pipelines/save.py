@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ from torch import Tensor, nn
 
 from ..errors import DestinationError, DestinationExistsError, DTypeError, FormatError, summarize
 from ..io import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_SAFE
+from ..io.write import json_default as _json_default
+from ..io.write import plain_tensors as _plain_tensors
+from ..io.write import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +70,6 @@ def pack_layers(layers: Mapping[str, Layers | None]) -> dict[str, Tensor]:
     return out
 
 
-def _plain_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, contiguous CPU-independent tensors that safetensors accepts (no shared storage)."""
-    out: dict[str, Tensor] = {}
-    seen: set[tuple[int, int]] = set()
-    for key, t in state_dict.items():
-        t = t.detach()
-        if t.device.type == "meta":
-            raise DTypeError(f"{key!r} is a meta tensor (no data) and cannot be saved")
-        if not t.is_contiguous():
-            t = t.contiguous()
-        ident = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if t.numel() and ident in seen:
-            t = t.clone()
-        elif t.numel():
-            seen.add(ident)
-        out[key] = t
-    return out
-
-
 def _flatten_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """``{component: LoraConfig fields}`` -> diffusers' flat ``{"<component>.<field>": value}`` (sets -> lists).
 
@@ -126,31 +109,6 @@ def parsed_lora_metadata(header: Mapping[str, str] | None) -> dict[str, Any] | N
     except (TypeError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
-    return str(value)
-
-
-def save_safetensors(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None) -> None:
-    """Write a safetensors file atomically (temporary file in the same folder, then rename)."""
-    from safetensors.torch import save_file
-
-    target = Path(path)
-    header = {str(k): v if isinstance(v, str) else json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(_plain_tensors(state_dict), tmp, metadata=header or None)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------- diffusers writer
