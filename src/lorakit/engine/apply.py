@@ -47,15 +47,12 @@ def is_supported(module: nn.Module) -> bool:
 
 
 def check_kind_fits(kind: AdapterKind, module: nn.Module, where: str) -> None:
-    """Raise :class:`ShapeMismatchError` unless ``kind`` fits ``module`` (shapes, module type)."""
+    """Raise :class:`ShapeMismatchError` unless ``kind`` fits ``module``: the engine says whether it can patch the
+    module at all, the kind whether its tensors fit (:meth:`AdapterKind.check_fits`)."""
     if not is_supported(module):
         raise ShapeMismatchError(f"{where}: module type {type(module).__name__} cannot take adapters")
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not kind.applies_to_norm:
-        raise ShapeMismatchError(f"{where}: only full deltas (w_norm/b_norm) apply to {type(module).__name__}")
-    kind.check_shape(module.weight.shape, where)
-    bias = kind.delta_bias()
-    if bias is not None and module.bias is None and not isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-        raise ShapeMismatchError(f"{where}: adapter has a bias delta but the module has no bias")
+    norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm))
+    kind.check_fits(weight_of(module).shape, where, norm=norm, has_bias=bias_of(module) is not None)
 
 
 @dataclass(eq=False)

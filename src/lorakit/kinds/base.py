@@ -1,28 +1,49 @@
-"""The canonical adapter representation shared by every kind.
+"""The canonical adapter representation shared by every kind, and the protocol a kind follows to claim its keys.
 
-A kind is a frozen dataclass of tensors (plus ``alpha`` and a few plain fields). It knows two things:
+A kind is a frozen dataclass of tensors (plus ``alpha`` and a few plain fields). Its file holds everything true of it:
 
-* ``delta_weight(base)``: the weight delta at strength 1, in fp32, shaped like ``base`` (used for fusing and for the
-  dense unfused path). ``base`` is passed so that DoRA, whose delta depends on the original weight, fits the same
-  signature.
-* ``low_rank(base_shape)``: when the delta is a product ``up @ down`` the two factors (alpha/rank folded into ``up``)
-  so several adapters can be stacked into one pair of matmuls; ``None`` for kinds that are not low rank.
+* the maths: ``delta_weight(base)`` (the weight delta at strength 1, fp32, shaped like ``base``; ``base`` is passed so
+  that DoRA and the multiplicative kinds fit the same signature), ``delta_bias()``, ``low_rank(base_shape)`` (the two
+  factors of a product ``up @ down``, stacked by the engine; ``None`` for kinds that are not low rank), ``rank``,
+  ``scale``;
+* its key vocabulary: ``SUFFIXES`` (suffix -> role, per style, see :mod:`lorakit.kinds.vocab`), ``claims(roles)``,
+  ``from_roles(roles, source)`` (build from one module's tensors), ``lycoris_tensors()`` / ``peft_tensors()`` (write
+  back, ``None`` where PEFT has no name for it);
+* fitting a module: ``check_tensors()`` (the tensors agree with each other), ``check_shape(base_shape)`` (and with a
+  weight), ``check_fits(...)`` (and with a module: norm layers, bias);
+* row surgery for fused projections: ``select_rows`` / ``split_rows`` (raise :class:`NotSeparable` where exactness
+  would be lost);
+* hotswap: ``padded(rank)`` / ``zeroed()``.
 
-Moving, casting, counting bytes and listing tensors are derived once here from the dataclass fields.
+Moving, casting, counting bytes and listing tensors are derived once here from the dataclass fields. The registry of
+kinds is :mod:`lorakit.kinds` (``KINDS``: a new kind is one file plus one entry there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeMismatchError
+from ..errors import FormatError, ShapeMismatchError
+from .vocab import KeySource, Suffix
 
 K = TypeVar("K", bound="AdapterKind")
+
+
+class MissingTensorsError(FormatError):
+    """A module's tensors lack a role the kind needs (``lora_down`` without ``lora_up``): an incomplete adapter."""
+
+
+class UnsupportedVariantError(FormatError):
+    """The tensors belong to a kind (or a variant of one) that lorakit recognises but does not apply."""
+
+
+class NotSeparable(FormatError):
+    """An adapter cannot be restricted to a subset of output rows without changing its delta."""
 
 
 def _map_value(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -33,15 +54,87 @@ def _map_value(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     return value
 
 
+def need(roles: Mapping[str, Tensor], *names: str, kind: str = "") -> list[Tensor]:
+    """The tensors of ``names``; :class:`MissingTensorsError` naming the missing ones."""
+    missing = [r for r in names if r not in roles]
+    if missing:
+        raise MissingTensorsError(f"{kind + ': ' if kind else ''}missing {', '.join(missing)}")
+    return [roles[r] for r in names]
+
+
+def dims(where: str, **tensors: Tensor | None) -> None:
+    """Raise :class:`ShapeMismatchError` unless every given tensor has at least 2 dimensions (a matrix factor)."""
+    bad = {n: tuple(t.shape) for n, t in tensors.items() if t is not None and t.dim() < 2}
+    if bad:
+        raise ShapeMismatchError(f"{where}: {', '.join(f'{n} {s}' for n, s in bad.items())} must be at least 2-D")
+
+
 class AdapterKind:
     """Base class of canonical adapter kinds (subclasses are frozen dataclasses)."""
 
     #: short name used in reports ("lora", "loha", ...)
     kind_name: ClassVar[str] = "base"
+    #: the name people know the algorithm by ("LoRA", "(IA)^3"), used in messages
+    display: ClassVar[str] = "adapter"
     #: whether the kind applies to norm layers (LayerNorm / GroupNorm affine parameters)
     applies_to_norm: ClassVar[bool] = False
+    #: the key suffixes the kind reads (one entry per style spelling); formats.keys builds its table from these
+    SUFFIXES: ClassVar[tuple[Suffix, ...]] = ()
+    #: the roles whose presence makes a module's tensors this kind's (``None``: every role of ``SUFFIXES``)
+    CLAIMS: ClassVar[frozenset[str] | None] = None
+    #: roles holding flags or integers (not float adapter tensors): exempt from the dtype check
+    FLAG_ROLES: ClassVar[frozenset[str]] = frozenset()
 
-    # -- maths -------------------------------------------------------------------------------------------------
+    # -- key vocabulary --------------------------------------------------------------------------------------------
+    @classmethod
+    def roles(cls) -> frozenset[str]:
+        """Every role the kind reads."""
+        return frozenset(s.role for s in cls.SUFFIXES)
+
+    @classmethod
+    def claims(cls, roles: Mapping[str, Tensor]) -> bool:
+        """Whether one module's tensors (role -> tensor) are this kind's."""
+        return not (cls.roles() if cls.CLAIMS is None else cls.CLAIMS).isdisjoint(roles)
+
+    @classmethod
+    def from_roles(cls, roles: Mapping[str, Tensor], source: KeySource) -> AdapterKind:
+        """The adapter one module's tensors hold (``alpha`` left unset: see :meth:`with_alpha`).
+
+        Raises:
+            MissingTensorsError: a needed role is absent.
+            ShapeMismatchError: the tensors do not agree with each other.
+            UnsupportedVariantError: a variant lorakit does not apply (also the default: a kind without a reader).
+        """
+        raise UnsupportedVariantError(f"{cls.display} adapters are not supported")
+
+    def with_alpha(self: K, alpha: float | None) -> K:
+        """The same adapter with ``alpha`` (``None``: alpha = rank); kinds without an alpha return themselves."""
+        if any(f.name == "alpha" for f in dataclasses.fields(self)):  # type: ignore[arg-type]  # subclasses are dataclasses
+            return dataclasses.replace(self, alpha=alpha)  # type: ignore[type-var]
+        return self
+
+    def lycoris_tensors(self) -> dict[str, Tensor]:
+        """kohya / LyCORIS suffix -> tensor, ``alpha`` included where the kind has one (the kohya layout's names)."""
+        raise FormatError(f"a {self.display} adapter cannot be written yet")
+
+    def peft_tensors(self) -> dict[str, Tensor] | None:
+        """PEFT suffix -> tensor (no alpha: a LoraConfig carries it), or ``None`` where PEFT has no name for it."""
+        return None
+
+    @property
+    def network_module(self) -> str:
+        """The sd-scripts ``ss_network_module`` that loads this kind."""
+        return "lycoris.kohya"
+
+    def _alpha_entry(self) -> dict[str, Tensor]:
+        """``{"alpha": alpha}``, alpha = rank written out when absent (a missing .alpha would fall back to header
+        values on reload); empty for kinds with neither."""
+        value = self.alpha if self.alpha is not None else self.rank
+        if value is None:
+            return {}
+        return {"alpha": torch.tensor(float(value), dtype=torch.float32)}
+
+    # -- maths -----------------------------------------------------------------------------------------------------
     def delta_weight(self, base: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Weight delta at strength 1, fp32, shaped like ``base``."""
         raise NotImplementedError
@@ -64,32 +157,57 @@ class AdapterKind:
         return None
 
     @property
+    def alpha(self) -> float | None:
+        """The alpha of ``scale = alpha / rank`` (``None``: alpha = rank, or no alpha); a dataclass field in kinds
+        that have one."""
+        return None
+
+    @property
     def scale(self) -> float:
         """The alpha/rank factor this kind applies (1.0 where it has none)."""
         return 1.0
 
-    def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
-        """Raise :class:`ShapeMismatchError` unless the delta has ``base_shape``.
+    # -- fitting ---------------------------------------------------------------------------------------------------
+    def check_tensors(self, where: str = "") -> None:
+        """Raise :class:`ShapeMismatchError` unless the tensors agree with each other (dimensions, ranks)."""
 
-        The default computes the delta on a meta tensor, which checks every factor without arithmetic.
+    def check_shape(self, base_shape: torch.Size, where: str = "") -> None:  # pragma: no cover - abstract
+        """Raise :class:`ShapeMismatchError` unless the delta has ``base_shape`` (arithmetic only, no tensor maths)."""
+        raise NotImplementedError
+
+    def check_fits(self, base_shape: torch.Size, where: str = "", *, norm: bool = False, has_bias: bool = True) -> None:
+        """Raise :class:`ShapeMismatchError` unless the adapter fits a module: its weight shape, whether it is a norm
+        layer (only kinds with ``applies_to_norm``), whether it has a bias (needed for a bias delta)."""
+        where = where or self.kind_name
+        if norm and not self.applies_to_norm:
+            raise ShapeMismatchError(f"{where}: a {self.display} adapter does not apply to a norm layer (only full "
+                                     "deltas w_norm/b_norm do)")
+        self.check_shape(base_shape, where)
+        if not norm and not has_bias and self.delta_bias() is not None:
+            raise ShapeMismatchError(f"{where}: adapter has a bias delta but the module has no bias")
+
+    # -- fused projections -----------------------------------------------------------------------------------------
+    def select_rows(self, rows: Tensor, total: int, in_shape: tuple[int, ...]) -> AdapterKind:
+        """The adapter restricted to output ``rows`` (1-D long) of a weight with ``total`` rows (same delta rows).
+
+        Raises:
+            NotSeparable: the kind cannot be restricted exactly.
         """
-        try:
-            meta = self.map_tensors(lambda t: torch.empty(t.shape, device="meta", dtype=torch.float32))
-            delta = meta.delta_weight(torch.empty(base_shape, device="meta"))
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise ShapeMismatchError(
-                f"{where or self.kind_name}: adapter tensors {self.shapes()} do not combine: {exc}"
-            ) from None
-        if delta.numel() != torch.Size(base_shape).numel():
-            raise ShapeMismatchError(
-                f"{where or self.kind_name}: adapter delta of {delta.numel()} values does not fit a weight of shape "
-                f"{tuple(base_shape)} (tensors {self.shapes()})"
-            )
-        bias = meta.delta_bias()
-        if bias is not None and bias.numel() != base_shape[0]:
-            raise ShapeMismatchError(
-                f"{where or self.kind_name}: bias delta of {bias.numel()} values for {base_shape[0]} outputs"
-            )
+        raise NotSeparable(f"a {self.display} adapter cannot be split by rows")
+
+    def split_rows(self, sizes: list[int], in_shape: tuple[int, ...], assume_block: bool = False) -> list[AdapterKind]:
+        """One adapter per consecutive block of ``sizes`` output rows (a fused projection onto its parts).
+
+        ``assume_block`` says the file declares a per-part layout (kohya ``split_qkv``) that kinds may use when their
+        tensors cannot show it (meta tensors).
+        """
+        total = sum(sizes)
+        out: list[AdapterKind] = []
+        start = 0
+        for size in sizes:
+            out.append(self.select_rows(torch.arange(start, start + size), total, in_shape))
+            start += size
+        return out
 
     # -- hotswap -------------------------------------------------------------------------------------------------
     def padded(self: K, rank: int, where: str = "") -> K:

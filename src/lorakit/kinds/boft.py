@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from ..errors import ShapeMismatchError
 from .base import AdapterKind, f32
 from .oft import LYCORIS, cayley, limit_norm, skew
+from .vocab import Suffix
 
 
 def butterfly_order(out: int, half_block: int, stage: int, device: torch.device | None = None) -> Tensor:
@@ -48,6 +50,15 @@ class BOFT(AdapterKind):
     rescale: Tensor | None = None
 
     kind_name = "boft"
+    display = "BOFT"
+    #: LyCORIS ``boft``: 4-D ``oft_blocks`` (stages, blocks, size, size) and the optional ``rescale`` (shared with OFT).
+    #: Not registered yet (``kinds.NOT_APPLIED``).
+    SUFFIXES = (Suffix("oft_blocks", "oft_blocks"), Suffix("rescale", "rescale"))
+
+    @classmethod
+    def claims(cls, roles: Mapping[str, Tensor]) -> bool:
+        blocks = roles.get("oft_blocks")
+        return blocks is not None and blocks.dim() == 4
 
     @property
     def stages(self) -> int:

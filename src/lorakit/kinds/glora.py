@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..errors import HotswapError, ShapeMismatchError
 from .base import AdapterKind, alpha_scale, f32, tucker
+from .vocab import Suffix
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -38,6 +39,10 @@ class GLoRA(AdapterKind):
     bm: Tensor | None = None
 
     kind_name = "glora"
+    display = "GLoRA"
+    #: LyCORIS ``glora``: the ``.weight`` of its sub-layers a1, a2, b1, b2 (and the Tucker core bm). Not registered
+    #: yet (``kinds.NOT_APPLIED``).
+    SUFFIXES = tuple(Suffix(f"{n}.weight", f"glora_{n}") for n in ("a1", "a2", "b1", "b2", "bm"))
 
     @property
     def rank(self) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..errors import ShapeMismatchError
 from .base import AdapterKind, f32
+from .vocab import Suffix
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -30,6 +32,13 @@ class IA3(AdapterKind):
     on_input: bool = False
 
     kind_name = "ia3"
+    display = "(IA)^3"
+    #: LyCORIS ``ia3``: the module's plain ``.weight`` key holds the scaling vector, ``.on_input`` (an int64 or
+    #: save-dtype scalar) says which axis; ``on_input`` is what tells it from a plain weight. Not registered yet
+    #: (``kinds.NOT_APPLIED``).
+    SUFFIXES = (Suffix("weight", "weight"), Suffix("on_input", "on_input"))
+    CLAIMS: ClassVar[frozenset[str] | None] = frozenset({"on_input"})
+    FLAG_ROLES: ClassVar[frozenset[str]] = frozenset({"on_input"})
 
     @property
     def axis(self) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..errors import HotswapError, ShapeMismatchError
-from .base import AdapterKind, alpha_scale, f32
+from .base import AdapterKind, alpha_scale, dims, f32, need
+from .vocab import ATTNPROC, INTERMEDIATE, KOHYA, PEFT, KeySource, Suffix
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -33,6 +36,53 @@ class LoRA(AdapterKind):
     bias: Tensor | None = None
 
     kind_name = "lora"
+    display = "LoRA"
+    SUFFIXES = (
+        Suffix("lora_down.weight", "down", KOHYA),
+        Suffix("lora_up.weight", "up", KOHYA),
+        Suffix("lora_mid.weight", "mid", KOHYA),
+        Suffix("lora_up.bias", "up_bias", KOHYA),
+        Suffix("lora_A.weight", "down", PEFT),
+        Suffix("lora_B.weight", "up", PEFT),
+        Suffix("lora_B.bias", "up_bias", PEFT),
+        Suffix("lora_A", "down", PEFT),  # a bare parameter (no .weight), as some exporters write it
+        Suffix("lora_B", "up", PEFT),
+        Suffix("lora.down.weight", "down", INTERMEDIATE),
+        Suffix("lora.up.weight", "up", INTERMEDIATE),
+        Suffix("lora_linear_layer.down.weight", "down", INTERMEDIATE),
+        Suffix("lora_linear_layer.up.weight", "up", INTERMEDIATE),
+        Suffix("lora.down.weight", "down", ATTNPROC),
+        Suffix("lora.up.weight", "up", ATTNPROC),
+    )
+    #: an output-bias delta alone is no LoRA
+    CLAIMS: ClassVar[frozenset[str] | None] = frozenset({"down", "up", "mid"})
+
+    @classmethod
+    def from_roles(cls, roles: Mapping[str, Tensor], source: KeySource) -> LoRA:
+        down, up = need(roles, "down", "up", kind="LoRA")
+        kind = cls(down=down, up=up, mid=roles.get("mid"), bias=roles.get("up_bias"))
+        kind.check_tensors("LoRA")
+        return kind
+
+    def lycoris_tensors(self) -> dict[str, Tensor]:
+        out = {"lora_down.weight": self.down, "lora_up.weight": self.up}
+        if self.mid is not None:
+            out["lora_mid.weight"] = self.mid
+        if self.bias is not None:
+            out["lora_up.bias"] = self.bias
+        return out | self._alpha_entry()
+
+    def peft_tensors(self) -> dict[str, Tensor] | None:
+        if self.mid is not None:  # PEFT has no Tucker core
+            return None
+        out = {"lora_A.weight": self.down, "lora_B.weight": self.up}
+        if self.bias is not None:
+            out["lora_B.bias"] = self.bias
+        return out
+
+    @property
+    def network_module(self) -> str:
+        return "networks.lora" if self.mid is None else "lycoris.kohya"
 
     @property
     def rank(self) -> int:
@@ -42,30 +92,37 @@ class LoRA(AdapterKind):
     def scale(self) -> float:
         return alpha_scale(self.alpha, self.rank)
 
+    def check_tensors(self, where: str = "") -> None:
+        where = where or self.kind_name
+        dims(where, down=self.down, up=self.up)
+        r = self.down.shape[0]
+        up_rank = self.up.flatten(1).shape[1]
+        if up_rank != r:
+            raise ShapeMismatchError(
+                f"{where}: up/down rank mismatch: down has rank {r}, up has {up_rank} ({self.shapes()})"
+            )
+        if self.mid is not None and (self.mid.dim() != 4 or tuple(self.mid.shape[:2]) != (r, r)):
+            raise ShapeMismatchError(f"{where}: lora_mid must be (rank, rank, kh, kw) for rank {r} ({self.shapes()})")
+
     def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
         """Arithmetic shape check (no tensor maths): ranks agree and the factors rebuild ``base_shape``."""
         where = where or self.kind_name
+        self.check_tensors(where)
         shapes = self.shapes()
-        r = self.down.shape[0]
         out = base_shape[0]
         rest = torch.Size(base_shape[1:]).numel()
-        up_rank = self.up.flatten(1).shape[1] if self.up.dim() >= 2 else -1
-        if up_rank != r:
-            raise ShapeMismatchError(f"{where}: up/down rank mismatch: down has rank {r}, up has {up_rank} ({shapes})")
         if self.up.shape[0] != out:
             raise ShapeMismatchError(
                 f"{where}: up has {self.up.shape[0]} outputs, the weight of shape {tuple(base_shape)} has {out} ({shapes})"
             )
         if self.mid is not None:
             ok = (
-                self.mid.dim() == 4
-                and tuple(self.mid.shape[:2]) == (r, r)
-                and len(base_shape) == 4
+                len(base_shape) == 4
                 and tuple(self.mid.shape[2:]) == tuple(base_shape[2:])
                 and self.down.flatten(1).shape[1] == base_shape[1]
             )
         else:
-            ok = self.down.dim() >= 2 and self.down.flatten(1).shape[1] == rest
+            ok = self.down.flatten(1).shape[1] == rest
         if not ok:
             raise ShapeMismatchError(
                 f"{where}: adapter tensors {shapes} do not rebuild a weight of shape {tuple(base_shape)}"
@@ -117,3 +174,51 @@ class LoRA(AdapterKind):
         return dataclasses.replace(
             self, up=torch.zeros_like(self.up), bias=None if self.bias is None else torch.zeros_like(self.bias)
         )
+
+    # -- fused projections -----------------------------------------------------------------------------------------
+    def select_rows(self, rows: Tensor, total: int, in_shape: tuple[int, ...]) -> LoRA:
+        """``down`` kept, ``up`` (and the bias) sliced: the delta's rows."""
+        return dataclasses.replace(self, up=self.up[rows], bias=None if self.bias is None else self.bias[rows])
+
+    def split_rows(self, sizes: list[int], in_shape: tuple[int, ...], assume_block: bool = False) -> list[AdapterKind]:
+        """kohya ``split_qkv`` files give each part its own rank block (down ``(n·r, in)``, block-diagonal up): split
+        both factors so each part keeps rank ``r``; otherwise slice ``up`` rows (every part keeps the whole ``down``).
+        """
+        block = self._block_parts(sizes, assume_block) if len(sizes) > 1 else None
+        if block is not None:
+            return block
+        return AdapterKind.split_rows(self, sizes, in_shape, assume_block)  # a slots dataclass: no zero-arg super()
+
+    def _block_parts(self, sizes: list[int], assume_block: bool) -> list[AdapterKind] | None:
+        """The block-diagonal split, recognised from the zero pattern of ``up`` (for meta tensors, as a header-only
+        read has, from the header's ``split_qkv`` flag: ``assume_block``), or ``None``."""
+        n = len(sizes)
+        r_total = int(self.down.shape[0])
+        if self.mid is not None or r_total % n or int(self.up.shape[1]) != r_total:
+            return None
+        r = r_total // n
+        up = self.up.flatten(1)
+        if up.device.type == "meta":
+            if not assume_block:
+                return None
+        else:
+            mask = torch.ones(up.shape, dtype=torch.bool)
+            row = 0
+            for i, size in enumerate(sizes):
+                mask[row : row + size, i * r : (i + 1) * r] = False
+                row += size
+            if bool((up[mask] != 0).any()):
+                return None
+        parts: list[AdapterKind] = []
+        row = 0
+        for i, size in enumerate(sizes):
+            parts.append(
+                dataclasses.replace(
+                    self,
+                    down=self.down[i * r : (i + 1) * r],
+                    up=self.up[row : row + size, i * r : (i + 1) * r],
+                    bias=None if self.bias is None else self.bias[row : row + size],
+                )
+            )
+            row += size
+        return parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from ..errors import ShapeMismatchError
 from .base import AdapterKind, f32
+from .vocab import Suffix
 
 #: the stored blocks are skew-symmetrised, norm-limited and Cayley-transformed (LyCORIS >= 2.x ``oft_blocks``)
 LYCORIS = "lycoris"
@@ -85,6 +87,16 @@ class OFT(AdapterKind):
     convention: str = LYCORIS
 
     kind_name = "oft"
+    display = "OFT"
+    #: LyCORIS ``diag-oft`` / kohya ``networks.oft`` (``oft_blocks`` 3-D), old LyCORIS ``oft_diag`` (rotations), and the
+    #: optional per-row ``rescale``; 4-D ``oft_blocks`` are BOFT's. Not registered yet (``kinds.NOT_APPLIED``): no
+    #: ``from_roles`` / ``lycoris_tensors`` yet, so these keys are reported as unsupported by name.
+    SUFFIXES = (Suffix("oft_blocks", "oft_blocks"), Suffix("oft_diag", "oft_diag"), Suffix("rescale", "rescale"))
+
+    @classmethod
+    def claims(cls, roles: Mapping[str, Tensor]) -> bool:
+        blocks = roles.get("oft_blocks")
+        return "oft_diag" in roles or (blocks is not None and blocks.dim() != 4)
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
