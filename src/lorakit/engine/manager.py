@@ -30,6 +30,7 @@ from ..errors import (
     AdapterNotFoundError,
     AdapterWeightError,
     DeviceError,
+    FusedStateError,
     HotswapError,
     KeyMismatchError,
     LorakitError,
@@ -39,6 +40,7 @@ from ..errors import (
 )
 from ..kinds import AdapterKind
 from .apply import Combined, all_finite, check_kind_fits, combine, fused_params, weight_of
+from .persample import SamplePlan
 from .slot import Params, Slot, params_of
 from .weights import Weight, as_number, as_weight, at, scaled
 
@@ -144,6 +146,8 @@ class AdapterManager:
         self._scale_hooks: tuple[Any, ...] = ()
         self._scale_stack: list[float] = []
         self._scale_warned: int | None = None
+        #: while set, every patched module applies each sample's own adapter mix (lorakit.per_sample)
+        self.sample_plan: SamplePlan | None = None
 
     # ------------------------------------------------------------------ queries
     def list_adapters(self) -> list[str]:
@@ -185,8 +189,26 @@ class AdapterManager:
         return at(self.weights.get(name, 1.0), path)
 
     def _bump(self) -> None:
-        self._unfused_active = self.enabled and any(a not in self.fused for a in self.active)
+        self._unfused_active = self.sample_plan is not None or (
+            self.enabled and any(a not in self.fused for a in self.active)
+        )
         self.version += 1
+
+    def set_sample_plan(self, plan: SamplePlan | None) -> None:
+        """Apply a per-sample plan (``None``: back to the active set). The plan's adapters must be loaded and
+        unfused: fused adapters are part of every sample's base."""
+        with self.lock:
+            if plan is not None:
+                names = sorted(plan.adapters())
+                self.check_names(names)
+                fused = [n for n in names if n in self.fused]
+                if fused:
+                    raise FusedStateError(
+                        f"adapter(s) {summarize(fused)} of {type(self.model).__name__} are fused: fused adapters are "
+                        "part of every sample's base; unfuse them to apply them per sample"
+                    )
+            self.sample_plan = plan
+            self._bump()
 
     # ------------------------------------------------------------------ load / delete
     def validate(self, name: str, mapping: Mapping[str, AdapterKind], *, replace: bool = False) -> None:

@@ -6,12 +6,17 @@ it never imports the manager, so the arrow points one way: ``manager -> slot -> 
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .apply import Combined, bias_of, sidecar_output, weight_of
+
+if TYPE_CHECKING:
+    from ..kinds import AdapterKind
+    from .persample import SamplePlan
 
 #: a module's ``(weight, bias)`` tensors
 Params = tuple[Tensor, Tensor | None]
@@ -20,10 +25,23 @@ Params = tuple[Tensor, Tensor | None]
 class SlotOwner(Protocol):
     """What a slot needs to know about the state it serves."""
 
-    version: int
-    trainable: bool
-    call_scale: float
-    unfused_strategy: str
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def trainable(self) -> bool: ...
+
+    @property
+    def call_scale(self) -> float: ...
+
+    @property
+    def unfused_strategy(self) -> str: ...
+
+    @property
+    def sample_plan(self) -> SamplePlan | None: ...
+
+    @property
+    def adapters(self) -> Mapping[str, Mapping[str, AdapterKind]]: ...
 
     @property
     def unfused_active(self) -> bool: ...
@@ -128,7 +146,12 @@ class Slot:
 
     def _use_merged(self) -> bool:
         owner = self.owner
-        return owner.unfused_strategy == "merged" and owner.call_scale == 1.0 and not owner.trainable
+        return (
+            owner.unfused_strategy == "merged"
+            and owner.call_scale == 1.0
+            and not owner.trainable
+            and owner.sample_plan is None
+        )
 
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.owner.unfused_active or not args or not self._use_merged():
@@ -149,6 +172,9 @@ class Slot:
         if output is None or not owner.unfused_active or not args:
             return output
         x = args[0]
+        plan = owner.sample_plan
+        if plan is not None:
+            return plan.output(self, x, output, owner.adapters, owner.call_scale)
         c = self._combined(x, merged=False)
         if c.empty:
             return output

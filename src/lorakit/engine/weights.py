@@ -41,7 +41,7 @@ def as_number(value: object, where: str) -> float:
 def as_weight(value: object, where: str) -> Weight:
     """A number (see :func:`as_number`) or a per-module function, as the manager stores weights."""
     if callable(value) and not isinstance(value, (numbers.Real, torch.Tensor)):
-        return value  # type: ignore[return-value]
+        return value
     return as_number(value, where)
 
 
