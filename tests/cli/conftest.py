@@ -1,16 +1,38 @@
-"""Fixtures for the CLI tests: a tiny SD1 pipeline saved as a diffusers folder, LoRA files for it (kohya layout, as
-the demo writes them) and a small LoRA whose shapes fit a real SD1 model (for commands that check the reference
-family: convert, inspect without a model)."""
+"""Fixtures for the CLI tests: a tiny SD1 pipeline saved as a diffusers folder, and LoRA files written by the reference
+tools, not by lorakit:
+
+* ``style.safetensors``: lycoris-lora 4.1.3's kohya network (``lycoris.kohya.create_network``, LoCon: ``lora_unet_*`` /
+  ``lora_te_*`` keys with ``.alpha``), as kohya's sd-scripts train with ``--network_module lycoris.kohya``;
+* ``sub/detail.safetensors``: PEFT adapters (``inject_adapter_in_model`` + ``get_peft_model_state_dict``) saved by
+  diffusers' ``StableDiffusionPipeline.save_lora_weights`` with their ``LoraConfig`` (alpha ≠ rank);
+* ``texture.safetensors`` (in its own folder): a lycoris-lora kohya LoHa;
+* ``real_sd1_lora``: a kohya file written by hand from kohya's published key naming, with real SD1.5 shapes;
+* ``real_sd1_peft``: PEFT + diffusers' writer on modules at real SD1.5 paths and shapes (for commands that resolve
+  names against the real reference model: ``convert``, ``inspect`` without ``--model``).
+
+:func:`lycoris_network` rebuilds a file's network on a pipeline, so tests can compute the reference output with
+LyCORIS' own module forward.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from cli_files import (
+    REAL_SD1_MODULES,
+    STYLE,
+    TEXTURE,
+    lycoris_network,
+    module_paths,
+    skeleton,
+    write_lycoris_file,
+    write_peft_file,
+)
 from safetensors.torch import save_file
 
-from lorakit.demo import write_kohya_lora
 from lorakit.tiny import tiny_pipeline
 
 
@@ -24,17 +46,35 @@ def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``style.safetensors`` and ``detail.safetensors`` (kohya layout) for the tiny SD1 pipeline."""
+    """``style.safetensors`` (LyCORIS LoCon, kohya names) and ``sub/detail.safetensors`` (PEFT, diffusers layout)."""
     folder = tmp_path_factory.mktemp("loras")
-    pipe = tiny_pipeline("sd1")
-    write_kohya_lora(pipe, folder / "style.safetensors", "sd1", seed=1)
-    write_kohya_lora(pipe, folder / "sub" / "detail.safetensors", "sd1", seed=2, rank=2, alpha=1.0)
+    write_lycoris_file(folder / "style.safetensors", "sd1", STYLE, seed=1)
+    write_peft_file(folder / "sub", "detail.safetensors", seed=2)
     return folder
 
 
 @pytest.fixture(scope="session")
+def style_modules(tmp_path_factory: pytest.TempPathFactory, lora_dir: Path) -> dict[str, tuple[str, str]]:
+    """LyCORIS module name -> (component, module path) of ``style.safetensors`` (the network that wrote it)."""
+    pipe = tiny_pipeline("sd1")
+    return module_paths(lycoris_network(pipe, STYLE, tmp_path_factory.mktemp("preset")), pipe)
+
+
+@pytest.fixture(scope="session")
+def texture_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LyCORIS LoHa (kohya names, UNet only) for the tiny SD1 pipeline."""
+    path = tmp_path_factory.mktemp("loha") / "texture.safetensors"
+    write_lycoris_file(path, "sd1", TEXTURE, seed=3, text_encoders=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def real_sd1_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four kohya modules with real SD1 shapes (UNet attn1/attn2, a 1x1 conv proj_in, a CLIP q_proj)."""
+    """Four kohya modules with real SD1 shapes (UNet attn1/attn2, a 1x1 conv proj_in, a CLIP q_proj).
+
+    Written by hand from kohya's published naming: ``lora_unet_`` / ``lora_te_`` + the diffusers / transformers module
+    path with ``_`` for ``.``, ``.lora_down.weight`` (rank × in), ``.lora_up.weight`` (out × rank), ``.alpha``.
+    """
     g = torch.Generator().manual_seed(0)
     sd: dict[str, torch.Tensor] = {}
 
@@ -55,3 +95,32 @@ def real_sd1_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_sd1_peft(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """PEFT LoRA (rank 4, alpha 8, one module at rank 2 through rank_pattern) on modules at real SD1.5 paths and
+    shapes, saved by diffusers' ``StableDiffusionPipeline.save_lora_weights``. Also returns PEFT's own delta
+    (``scaling · B @ A``) per ``component.path``, the reference for conversions."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    layers: dict[str, Any] = {}
+    deltas: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(4)
+    for comp in ("unet", "text_encoder"):
+        mods = [(p, s) for c, p, s in REAL_SD1_MODULES if c == comp]
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=[p for p, _ in mods], init_lora_weights=False,
+                         rank_pattern={mods[0][0]: 2})
+        model = inject_adapter_in_model(cfg, skeleton(mods))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        for path, _ in mods:
+            layer = model.get_submodule(path)
+            w = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+            deltas[f"{comp}.{path}"] = (w * layer.scaling["default"]).detach()
+        layers[f"{comp}_lora_layers"] = get_peft_model_state_dict(model)
+        layers[f"{comp}_lora_adapter_metadata"] = cfg.to_dict()
+    folder = tmp_path_factory.mktemp("real-peft")
+    StableDiffusionPipeline.save_lora_weights(str(folder), weight_name="real_sd1_peft.safetensors", **layers)
+    return folder / "real_sd1_peft.safetensors", deltas

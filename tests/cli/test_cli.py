@@ -1,4 +1,8 @@
-"""The ``lorakit`` command end to end on tiny local pipelines: exit codes, output, images, baked folders."""
+"""The ``lorakit`` command end to end on tiny local pipelines: exit codes, output, images, baked folders.
+
+The LoRA files are written by the reference tools (lycoris-lora's kohya network, PEFT + diffusers' writer) or by hand
+from kohya's published naming (see conftest.py); images are compared with what LyCORIS' and diffusers + PEFT's own
+loaders produce."""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_files import REAL_SD1_MODULES, STYLE, lycoris_network, write_lycoris_file
 from PIL import Image
 
 import lorakit
-from lorakit.cli import main, output_paths, parse_size
+from lorakit.cli import main
+from lorakit.cli.commands import output_paths
+from lorakit.cli.parser import parse_size
 
 STEPS = "2"
 
@@ -47,6 +54,32 @@ def reference_image(model: Path, loras: list[tuple[Path, float | dict[str, float
 def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def lycoris_image(pipe: object, file: Path, prompt: str, *, te: float, unet: float, tmp_path: Path) -> np.ndarray:
+    """``pipe``'s image with ``file`` applied by LyCORIS' own modules (the network that wrote it, rebuilt on
+    ``pipe`` and loaded from the file), text-encoder modules at ``te``, denoiser modules at ``unet``."""
+    network = lycoris_network(pipe, STYLE, tmp_path)
+    assert network.load_weights(str(file)) == {}  # no missing or unexpected keys
+    for m in network.text_encoder_loras:
+        m.multiplier = te
+    for m in network.unet_loras:
+        m.multiplier = unet
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    image = pipe(prompt, num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0)).images[0]  # type: ignore[operator]
+    return np.asarray(image)
+
+
+def assert_images_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal up to one uint8 level (fp32 sums in another order can round a pixel the other way)."""
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def n_keys(path: Path) -> int:
+    from lorakit.io import read_header
+
+    return len(read_header(path)[0])
 
 
 # ----------------------------------------------------------------------------------------------- basics
@@ -96,11 +129,24 @@ def test_inspect_table_and_json(capsys: pytest.CaptureFixture[str], real_sd1_lor
     assert data[0]["ranks"] == {"2": 4}
 
 
+def test_inspect_a_peft_file_saved_by_diffusers(capsys: pytest.CaptureFixture[str],
+                                                real_sd1_peft: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    path, _ = real_sd1_peft
+    code, out, err = run(capsys, "inspect", "--json", str(path))
+    assert code == 0, err
+    (data,) = json.loads(out)
+    assert data["format"] == "diffusers" and data["family"] == "SD1"
+    assert data["components"] == {"text_encoder": 1, "unet": 3}
+    assert data["ranks"] == {"2": 2, "4": 2}  # rank_pattern: the first module of each component has rank 2
+    assert data["alphas"] == {"8": 4} and "lora_adapter_metadata" in data["alpha_source"]
+    assert data["metadata"]["diffusers"]["unet.lora_alpha"] == 8
+
+
 STRAY = "lora_unet_down_blocks_7_attentions_0_proj_in"
 
 
 def stray_lora(lora_dir: Path, tmp_path: Path) -> Path:
-    """style.safetensors plus one module the tiny model does not have."""
+    """style.safetensors (LyCORIS) plus one module the tiny model does not have (two keys written by hand)."""
     from safetensors.torch import load_file, save_file
 
     sd = load_file(str(lora_dir / "style.safetensors"))
@@ -112,30 +158,48 @@ def stray_lora(lora_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_inspect_with_model_reports_coverage(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
-                                             lora_dir: Path, tmp_path: Path) -> None:
+                                             lora_dir: Path, tmp_path: Path,
+                                             style_modules: dict[str, tuple[str, str]]) -> None:
+    """Every module LyCORIS wrapped is reported on the module LyCORIS wrapped (found by identity, not by name)."""
     path = stray_lora(lora_dir, tmp_path)
     stray = STRAY
+    expected = {comp: {p for c, p in style_modules.values() if c == comp} for comp in ("unet", "text_encoder")}
 
     code, out, err = run(capsys, "inspect", "--json", "--model", str(tiny_sd1), str(path))
     assert code == 0, err
     (data,) = json.loads(out)
-    assert data["coverage"]["unet"]["matched"] == 96
-    assert data["coverage"]["text_encoder"]["matched"] == 18
-    assert len(data["landed"]["unet"]) == 96
-    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in data["landed"]["unet"]
-    to_q = data["landed"]["unet"]["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]
+    for comp, paths in expected.items():
+        assert data["coverage"][comp]["matched"] == len(paths)
+        assert set(data["landed"][comp]) == paths
+    name_of = {where: name for name, where in style_modules.items()}
+    to_q_path = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    to_q = data["landed"]["unet"][to_q_path]
     assert to_q["rank"] == 4 and to_q["alpha"] == 2.0 and to_q["kind"] == "lora"
-    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    stem = name_of[("unet", to_q_path)]
     assert to_q["keys"] == [f"{stem}.lora_down.weight", f"{stem}.lora_up.weight"]  # which keys feed the module
+    q_proj = next(p for c, p in style_modules.values() if c == "text_encoder" and p.endswith("0.self_attn.q_proj"))
+    assert data["landed"]["text_encoder"][q_proj]["keys"][0].startswith(name_of[("text_encoder", q_proj)] + ".")
     not_landed = {s["key"] for s in data["not_landed"]}
-    assert any(k.startswith(stray) for k in not_landed)
+    assert not_landed == {f"{stray}.lora_down.weight", f"{stray}.lora_up.weight"}
 
     code, out, err = run(capsys, "inspect", "--model", str(tiny_sd1), "--modules", str(path))
     assert code == 0, err
-    assert "lands on unet: 96 modules" in out
-    assert ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.{lora_down.weight, "
-            "lora_up.weight} -> unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") in out
+    assert f"lands on unet: {len(expected['unet'])} modules" in out
+    assert f"{stem}.{{lora_down.weight, lora_up.weight}} -> unet.{to_q_path}" in out
     assert "does not land" in out and stray in out
+
+
+def test_inspect_a_lycoris_loha(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, texture_file: Path) -> None:
+    code, out, err = run(capsys, "inspect", "--json", "--model", str(tiny_sd1), str(texture_file))
+    assert code == 0, err
+    (data,) = json.loads(out)
+    from safetensors.torch import load_file
+
+    modules = {k.split(".")[0] for k in load_file(str(texture_file))}  # LyCORIS' module names
+    assert data["format"] == "kohya" and data["kinds"] == {"loha": len(modules)}
+    assert set(data["landed"]) == {"unet"} and len(data["landed"]["unet"]) == len(modules)
+    assert data["not_landed"] == []
+    assert {m["rank"] for m in data["landed"]["unet"].values()} == {2}
 
 
 def test_inspect_errors(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_path: Path) -> None:
@@ -179,6 +243,26 @@ def test_convert(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_pa
     assert code == 0, err
 
 
+def test_convert_a_peft_file_to_kohya_keeps_every_delta(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                         real_sd1_peft: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    """PEFT's own ``scaling · B @ A`` equals what the kohya file says by kohya's published rules
+    (``alpha / rank · up @ down`` under ``lora_unet_`` / ``lora_te_`` + the module path with ``_``)."""
+    from safetensors.torch import load_file
+
+    src, deltas = real_sd1_peft
+    dst = tmp_path / "kohya.safetensors"
+    code, out, err = run(capsys, "convert", str(src), "--to", "kohya", "-o", str(dst))
+    assert code == 0, err
+    sd = load_file(str(dst))
+    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    assert len(sd) == 3 * len(REAL_SD1_MODULES)
+    for comp, path, _ in REAL_SD1_MODULES:
+        key = prefix[comp] + path.replace(".", "_")
+        down, up, alpha = sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"], sd[f"{key}.alpha"]
+        got = float(alpha) / down.shape[0] * (up @ down)
+        torch.testing.assert_close(got, deltas[f"{comp}.{path}"], rtol=1e-5, atol=1e-6)
+
+
 def test_convert_json(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path, tmp_path: Path) -> None:
     code, out, err = run(capsys, "convert", "--json", str(real_sd1_lora), "--to", "diffusers", "-o",
                          str(tmp_path / "x.safetensors"))
@@ -195,16 +279,37 @@ def test_generate_with_prompt_tags(capsys: pytest.CaptureFixture[str], tiny_sd1:
                          "a cat, <lora:style:0.8> in the snow", "--steps", STEPS, "-o", str(out_png))
     assert code == 0, err
     assert f"wrote {out_png}" in out
-    assert "format kohya" in out and "342/342 keys matched" in out  # the load report summary
+    n = n_keys(lora_dir / "style.safetensors")
+    assert "format kohya" in out and f"{n}/{n} keys matched" in out  # the load report summary
     assert "prompt: 'a cat, in the snow'" in out
     assert "generated 1 image(s)" in out
     got = read_png(out_png)
     with Image.open(out_png) as im:
         assert "style:0.8:0.8" in im.info["parameters"]
-    want = reference_image(tiny_sd1, [(lora_dir / "style.safetensors", 0.8)], "a cat, in the snow")
-    np.testing.assert_array_equal(got, want)
+    from diffusers import DiffusionPipeline
+
+    want = lycoris_image(DiffusionPipeline.from_pretrained(str(tiny_sd1)), lora_dir / "style.safetensors",
+                         "a cat, in the snow", te=0.8, unet=0.8, tmp_path=tmp_path)
+    assert_images_close(got, want)
     base = reference_image(tiny_sd1, [], "a cat, in the snow", plain=True)
     assert not np.array_equal(got, base)
+
+
+def test_generate_matches_diffusers_and_peft(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                            tmp_path: Path) -> None:
+    """A PEFT file saved by diffusers, with different text-encoder and UNet weights: the image diffusers + PEFT make."""
+    from diffusers import DiffusionPipeline
+
+    out_png = tmp_path / "dog.png"
+    code, out, err = run(capsys, "-q", "generate", "--model", str(tiny_sd1), "--lora-dir", str(lora_dir),
+                         "--prompt", "<lora:detail:te=0.5:unet=1.5> a dog", "--steps", STEPS, "-o", str(out_png))
+    assert code == 0, err
+    ref = DiffusionPipeline.from_pretrained(str(tiny_sd1))
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(lora_dir / "sub"), weight_name="detail.safetensors", adapter_name="detail")
+    ref.set_adapters(["detail"], adapter_weights=[{"unet": 1.5, "text_encoder": 0.5}])
+    want = ref("a dog", num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0)).images[0]
+    assert_images_close(read_png(out_png), np.asarray(want))
 
 
 def test_generate_te_unet_weights_and_lora_files(capsys: pytest.CaptureFixture[str], tiny_sd1: Path,
@@ -240,7 +345,7 @@ def test_generate_fused_matches_unfused(capsys: pytest.CaptureFixture[str], tiny
     ("prompt", "extra", "message"),
     [
         ("a cat <lora:nope:1>", [], "no LoRA file named 'nope'"),
-        ("a cat <lora:styel:1>", [], "did you mean style"),
+        ("a cat <lora:styel:1>", [], "did you mean 'style'"),
         ("a cat <lora:style:abc>", [], "weight 'abc' is not a number"),
         ("a cat <lora:style:0.5", [], "unclosed"),
         ("<lora:style:0.5> a cat <lora:style:0.7>", [], "tagged twice with different weights"),
@@ -435,7 +540,7 @@ def test_generate_warns_about_keys_that_do_not_land(capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "-q", "generate", "--model", "tiny:sd1", "--lora", str(path), "--prompt", "a cat",
                          "--steps", "1", "-o", str(tmp_path / "s.png"))
     assert code == 0, err
-    assert "LoRA 'stray': 2 of 344 keys did not land" in err
+    assert f"LoRA 'stray': 2 of {n_keys(path)} keys did not land" in err
 
 
 def test_main_leaves_logging_as_it_found_it(capsys: pytest.CaptureFixture[str], real_sd1_lora: Path) -> None:
@@ -455,21 +560,17 @@ def test_main_leaves_logging_as_it_found_it(capsys: pytest.CaptureFixture[str], 
 
 def test_generate_sdxl_te_weight_reaches_both_text_encoders(capsys: pytest.CaptureFixture[str],
                                                             tmp_path: Path) -> None:
-    """``<lora:x:te:unet>`` on SDXL: the te weight goes to text_encoder and text_encoder_2."""
-    from lorakit.demo import write_kohya_lora
+    """``<lora:x:te:unet>`` on SDXL: the te weight goes to text_encoder and text_encoder_2 (a LyCORIS file with
+    ``lora_te1_`` / ``lora_te2_`` keys; the reference is LyCORIS' forward at those multipliers)."""
     from lorakit.tiny import tiny_pipeline
 
-    pipe = tiny_pipeline("sdxl")
-    write_kohya_lora(pipe, tmp_path / "xl.safetensors", "sdxl")
+    modules = write_lycoris_file(tmp_path / "xl.safetensors", "sdxl", STYLE, seed=5)
+    assert {c for c, _ in modules.values()} == {"unet", "text_encoder", "text_encoder_2"}
+    assert any(name.startswith("lora_te2_") for name in modules)
     out_png = tmp_path / "xl.png"
     code, out, err = run(capsys, "generate", "--model", "tiny:sdxl", "--lora-dir", str(tmp_path), "--prompt",
                          "a cat <lora:xl:0.5:1.5>", "--steps", STEPS, "-o", str(out_png))
     assert code == 0, err
-    lorakit.attach(pipe)
-    pipe.load_lora_weights(str(tmp_path / "xl.safetensors"), adapter_name="xl")
-    assert sorted(c for c, names in pipe.get_list_adapters().items() if "xl" in names) == [
-        "text_encoder", "text_encoder_2", "unet"
-    ]
-    pipe.set_adapters(["xl"], adapter_weights=[{"unet": 1.5, "text_encoder": 0.5, "text_encoder_2": 0.5}])
-    want = pipe("a cat", num_inference_steps=int(STEPS), generator=torch.Generator().manual_seed(0)).images[0]
-    np.testing.assert_array_equal(read_png(out_png), np.asarray(want))
+    want = lycoris_image(tiny_pipeline("sdxl"), tmp_path / "xl.safetensors", "a cat", te=0.5, unet=1.5,
+                         tmp_path=tmp_path)
+    assert_images_close(read_png(out_png), want)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.errors import SourceNotFoundError
-from lorakit.prompt import (
+from lorakit.cli.prompt import (
     LoraTag,
     PromptTagError,
     find_lora,
@@ -17,6 +16,7 @@ from lorakit.prompt import (
     split_file_weight,
     strip_tags,
 )
+from lorakit.errors import SourceNotFoundError
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_find_lora(lora_dir: Path, tmp_path: Path) -> None:
     assert find_lora("mine", [given], [lora_dir]) == given  # --lora files by stem, first
     with pytest.raises(PromptTagError, match="ambiguous"):
         find_lora("twin", [], [lora_dir])
-    with pytest.raises(SourceNotFoundError, match="did you mean style"):
+    with pytest.raises(SourceNotFoundError, match="did you mean 'style'"):
         find_lora("styel", [], [lora_dir])
     with pytest.raises(SourceNotFoundError, match="no --lora-dir given"):
         find_lora("style", [], [])

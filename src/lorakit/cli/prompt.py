@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LorakitError, SourceNotFoundError, closest, summarize
+from ..errors import LorakitError, SourceNotFoundError, did_you_mean, summarize
 
 __all__ = [
     "LORA_EXTENSIONS",
@@ -216,7 +216,7 @@ def find_lora(
     that stem anywhere below the folders.
 
     Raises:
-        SourceNotFoundError: nothing matches (the message lists the closest names).
+        SourceNotFoundError: nothing matches (the message names the closest one).
         PromptTagError: several files below the folders have that stem.
     """
     norm = name.replace("\\", "/")
@@ -248,10 +248,9 @@ def find_lora(
         if Path(d).is_dir():
             known += [p.relative_to(d).with_suffix("").as_posix() for p in list_loras(d)]
     where = ", ".join(str(d) for d in lora_dirs) or "no --lora-dir given"
-    hint = closest(norm, known)
     raise SourceNotFoundError(
         f"<lora:{name}>: no LoRA file named {name!r} (looked in the --lora files and {where})"
-        + (f"; did you mean {', '.join(hint)}?" if hint else "")
+        + did_you_mean(norm, known)
     )
 
 

@@ -1,8 +1,8 @@
 """``lorakit demo``: the whole path on a tiny seeded pipeline, offline, in seconds.
 
-Steps: build a tiny pipeline from configs (:mod:`lorakit.tiny`); write a LoRA in kohya layout (``lora_unet_*`` /
-``lora_te*_*`` keys with ``.alpha``, seeded random tensors, LoCon convs included) and a LyCORIS LoHa in the same
-layout; inspect the LoRA against the pipeline; attach lorakit, load the LoRA, then the LoHa, mix them with
+Steps: build a tiny pipeline from configs (:mod:`lorakit.tiny`); build seeded random canonical adapters (a LoRA with
+LoCon convs, and a LoHa) and write them in kohya layout through ``formats.from_canonical`` (``lora_unet_*`` /
+``lora_te*_*`` keys with ``.alpha``); inspect the LoRA against the pipeline; attach lorakit, load the LoRA, then the LoHa, mix them with
 ``set_adapters``, fuse, unfuse, unload; write base / LoRA / LoRA+LoHa / fused / after-unload images into one labelled
 PNG grid; and check the engine's promises:
 
@@ -12,41 +12,43 @@ PNG grid; and check the engine's promises:
 * after ``unload_lora_weights`` the output is bit-identical to the base.
 
 The tiny model's weights are random, so its images are noise by design; the demo shows the mechanics and timings.
-Library code must not print, so the printing lives here and in :mod:`lorakit.cli` only.
+Library code must not print, so the printing lives in :mod:`lorakit.cli` only.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .cli import Console
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
 
-__all__ = ["DEMO_IMAGE", "DEMO_LOHA", "DEMO_LORA", "run_demo", "write_kohya_lora", "make_grid"]
+from .. import families, formats
+from ..inspection import inspect
+from ..io import save_safetensors
+from ..kinds import AdapterKind, LoHa, LoRA
+from ..pipelines import attach, load_report
+from ..tiny import tiny_pipeline
+from .console import Console, report_lines
+from .session import module_components
+
+__all__ = ["DEMO_IMAGE", "DEMO_LOHA", "DEMO_LORA", "demo_adapters", "make_grid", "run_demo",
+           "write_demo_file"]
 
 #: file names the demo writes into its output folder (listed in .gitignore)
 DEMO_IMAGE = "lorakit-demo.png"
 DEMO_LORA = "lorakit-demo-lora.safetensors"
 DEMO_LOHA = "lorakit-demo-loha.safetensors"
-
-#: kohya prefixes per component and family (SDXL / SD3 number their text encoders)
-_TE_PREFIX = {
-    "sd1": {"text_encoder": "lora_te_"},
-    "sd2": {"text_encoder": "lora_te_"},
-    "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-    "sd3": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-}
-_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3"}
 _PROMPT = "a tiny cat in the snow"
+ALGOS = ("lora", "loha")
 
 
-def _targets(component: str, model: Any) -> list[tuple[str, Any]]:
+def _targets(component: str, model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]]:
     """The modules kohya's LoRA / LoCon networks train: attention, feed-forward, projections, resnet convs."""
-    from torch import nn
-
-    out = []
+    out: list[tuple[str, nn.Linear | nn.Conv2d]] = []
     for path, mod in model.named_modules():
         if not isinstance(mod, (nn.Linear, nn.Conv2d)):
             continue
@@ -64,89 +66,85 @@ def _targets(component: str, model: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def write_kohya_lora(pipe: Any, path: Path, family: str = "sd1", *, rank: int = 4, alpha: float = 2.0,
-                     seed: int = 1234, strength: float = 1.0, algo: str = "lora") -> dict[str, int]:
-    """Write a seeded random adapter for ``pipe`` in kohya layout (what most downloaded LoRAs look like).
+def demo_adapters(
+    pipe: Any, family: str, *, algo: str = "lora", rank: int = 4, alpha: float = 2.0, seed: int = 1234,
+    strength: float = 1.0,
+) -> dict[str, dict[str, AdapterKind]]:
+    """Seeded random canonical adapters for ``pipe``: ``{component: {module path: kind}}``.
 
-    ``algo="lora"``: ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` for the
-    denoiser (diffusers-derived names, as kohya's SD1 / SD2 scripts write) and ``lora_te[12]_...`` for the text
-    encoders; convs get a k×k down and 1×1 up (LoCon). ``algo="loha"``: LyCORIS LoHa on the same names
-    (``.hada_w1_a`` / ``.hada_w1_b`` / ``.hada_w2_a`` / ``.hada_w2_b`` / ``.alpha``), denoiser only. Both carry
-    kohya's ``ss_*`` header metadata.
-
-    Returns:
-        ``{component: modules written}``.
+    ``algo="lora"``: a :class:`~lorakit.kinds.LoRA` on the denoiser's attention / feed-forward / projection / resnet
+    modules and the text encoders' attention and MLP (convs get a k×k down and a 1×1 up: LoCon). ``algo="loha"``: a
+    :class:`~lorakit.kinds.LoHa` on the same denoiser modules (convs flattened to ``(out, in·kh·kw)``), no text
+    encoders.
     """
-    import torch
-    from safetensors.torch import save_file
-
-    if algo not in ("lora", "loha"):
-        raise ValueError(f"algo must be 'lora' or 'loha', not {algo!r}")
-    denoiser = "transformer" if family == "sd3" else "unet"
-    prefixes = {denoiser: "lora_unet_", **(_TE_PREFIX[family] if algo == "lora" else {})}
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {', '.join(ALGOS)}, not {algo!r}")
+    fam = families.get(family)
+    comps = (fam.denoiser, *fam.text_encoders) if algo == "lora" else (fam.denoiser,)
     g = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    for comp, prefix in prefixes.items():
+    out: dict[str, dict[str, AdapterKind]] = {}
+    for comp in comps:
         model = getattr(pipe, comp, None)
-        if model is None:
+        if not isinstance(model, nn.Module):
             continue
-        for mpath, mod in _targets(comp, model):
-            if comp.startswith("text_encoder") and not mpath.startswith("text_model."):
-                mpath = "text_model." + mpath  # kohya names come from transformers' CLIPTextModel.text_model
-            key = prefix + mpath.replace(".", "_")
-            conv = isinstance(mod, torch.nn.Conv2d)
-            n_in = mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] if conv else mod.in_features
-            n_out = mod.out_channels if conv else mod.out_features
-            if algo == "loha":
-                # ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha/rank, convs flattened to (out, in·kh·kw)
-                tensors[f"{key}.hada_w1_a"] = randn(n_out, rank) * strength
-                tensors[f"{key}.hada_w1_b"] = randn(rank, n_in) / n_in**0.5
-                tensors[f"{key}.hada_w2_a"] = randn(n_out, rank)
-                tensors[f"{key}.hada_w2_b"] = randn(rank, n_in) / rank**0.5
-            elif conv:
+        mapping: dict[str, AdapterKind] = {}
+        for path, mod in _targets(comp, model):
+            # LoCon: a conv gets a k×k down and a 1×1 up; LoHa flattens it to (out, in·kh·kw)
+            if isinstance(mod, nn.Conv2d):
                 kh, kw = mod.kernel_size
-                tensors[f"{key}.lora_down.weight"] = randn(rank, mod.in_channels, kh, kw) / n_in**0.5
-                tensors[f"{key}.lora_up.weight"] = randn(n_out, rank, 1, 1) * strength / rank**0.5
+                n_in, n_out = mod.in_channels * kh * kw, mod.out_channels
+                down_shape: tuple[int, ...] = (rank, mod.in_channels, kh, kw)
+                up_shape: tuple[int, ...] = (n_out, rank, 1, 1)
             else:
-                tensors[f"{key}.lora_down.weight"] = randn(rank, n_in) / n_in**0.5
-                tensors[f"{key}.lora_up.weight"] = randn(n_out, rank) * strength / rank**0.5
-            tensors[f"{key}.alpha"] = torch.tensor(alpha)
-            counts[comp] = counts.get(comp, 0) + 1
-    metadata = {
-        "ss_network_module": "networks.lora" if algo == "lora" else "lycoris.kohya",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": f"{alpha:g}",
-        "ss_network_args": (
-            f'{{"conv_dim": "{rank}", "conv_alpha": "{alpha:g}"}}' if algo == "lora"
-            else f'{{"algo": "loha", "conv_dim": "{rank}", "conv_alpha": "{alpha:g}"}}'
-        ),
-        "ss_base_model_version": _BASE_VERSION[family],
+                n_in, n_out = mod.in_features, mod.out_features
+                down_shape, up_shape = (rank, n_in), (n_out, rank)
+            if algo == "loha":
+                # ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha/rank
+                w1a = randn(n_out, rank) * strength
+                w1b = randn(rank, n_in) / n_in**0.5
+                w2a = randn(n_out, rank)
+                w2b = randn(rank, n_in) / rank**0.5
+                mapping[path] = LoHa(w1a, w1b, w2a, w2b, alpha=alpha)
+            else:
+                down = randn(*down_shape) / n_in**0.5
+                up = randn(*up_shape) * strength / rank**0.5
+                mapping[path] = LoRA(down, up, alpha=alpha)
+        out[comp] = mapping
+    return out
+
+
+def write_demo_file(
+    pipe: Any, path: Path, family: str, *, algo: str = "lora", rank: int = 4, alpha: float = 2.0, seed: int = 1234,
+    strength: float = 1.0,
+) -> dict[str, int]:
+    """Write :func:`demo_adapters` in kohya layout (what most downloaded LoRAs look like) through
+    ``formats.from_canonical``, with kohya's training header fields. Returns ``{component: modules written}``."""
+    adapters = demo_adapters(pipe, family, algo=algo, rank=rank, alpha=alpha, seed=seed, strength=strength)
+    state_dict, metadata = formats.from_canonical(adapters, "kohya", family=family)
+    args = {"conv_dim": str(rank), "conv_alpha": f"{alpha:g}", **({"algo": algo} if algo != "lora" else {})}
+    header: dict[str, Any] = {
+        **metadata,
+        "ss_network_args": args,
         "ss_output_name": path.stem,
         "ss_training_comment": "seeded random weights written by `lorakit demo`",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    return counts
+    save_safetensors(state_dict, path, header)
+    return {c: len(m) for c, m in adapters.items()}
 
 
-def _to_pil(array: Any) -> Any:
-    import numpy as np
-    from PIL import Image
-
+def _to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype("uint8"))
 
 
-def make_grid(images: list[tuple[str, Any]], footer: str, *, scale: int = 2) -> Any:
+def make_grid(images: list[tuple[str, Image.Image]], footer: str, *, scale: int = 2) -> Image.Image:
     """Tiles side by side (nearest-neighbour upscaled ×``scale``), a label above each and a footer line."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default()
-    tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for _, im in images]
+    tiles = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for _, im in images]
     pad, label_h, footer_h = 8, 16, 18
     tw = max(t.width for t in tiles)
     th = max(t.height for t in tiles)
@@ -162,18 +160,12 @@ def make_grid(images: list[tuple[str, Any]], footer: str, *, scale: int = 2) -> 
     return grid
 
 
-def _snapshot(pipe: Any) -> dict[str, dict[str, Any]]:
-    from .cli import module_components
-
+def _snapshot(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in
             module_components(pipe).items()}
 
 
-def _same_weights(pipe: Any, snap: dict[str, dict[str, Any]]) -> tuple[bool, int, list[str]]:
-    import torch
-
-    from .cli import module_components
-
+def _same_weights(pipe: Any, snap: dict[str, dict[str, torch.Tensor]]) -> tuple[bool, int, list[str]]:
     bad: list[str] = []
     n = 0
     for name, m in module_components(pipe).items():
@@ -188,10 +180,8 @@ def _same_weights(pipe: Any, snap: dict[str, dict[str, Any]]) -> tuple[bool, int
     return not bad, n, bad
 
 
-def _print_report(console: Console, rep: Any) -> None:
-    from .cli import _report_lines
-
-    for line in _report_lines(rep):
+def _print_report(console: Console, pipe: Any, name: str) -> None:
+    for line in report_lines(load_report(pipe, name)):
         console.info(line)
 
 
@@ -204,8 +194,6 @@ def run_demo(out_dir: Path, console: Console, *, family: str = "sd1", steps: int
     t_all = time.perf_counter()
     if family == "sd3":
         size = min(size, 32)  # the tiny SD3 transformer's pos_embed_max_size is 16 latent pixels
-    import torch
-
     # Tiny tensors gain nothing from intra-op threads, and on a busy machine the thread hand-offs cost more than the
     # maths (measured: 7 s with 1 thread vs 60 s with 2 on a loaded 2-core box), so the demo runs single-threaded.
     threads = torch.get_num_threads()
@@ -218,13 +206,7 @@ def run_demo(out_dir: Path, console: Console, *, family: str = "sd1", steps: int
 
 def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_all: float) -> int:
     console.info(f"lorakit demo: tiny {family} pipeline, {steps} steps, {size}x{size}, CPU (1 thread), no download")
-    import numpy as np
-    import torch
-
-    from .cli import attach, load_report, module_components
-    from .inspection import inspect as inspect_file
-    from .tiny import tiny_pipeline
-
+    shown = families.get(family).display
     out_dir.mkdir(parents=True, exist_ok=True)
     lora_path = out_dir / DEMO_LORA
     loha_path = out_dir / DEMO_LOHA
@@ -236,23 +218,23 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
         st["note"] = f"{type(pipe).__name__}, {n_params:,} parameters"
 
     with console.step(f"wrote a kohya-layout LoRA to {lora_path}") as st:
-        counts = write_kohya_lora(pipe, lora_path, family)
+        counts = write_demo_file(pipe, lora_path, family)
         st["note"] = ", ".join(f"{c}: {n} modules" for c, n in counts.items()) + ", rank 4, alpha 2"
     with console.step(f"wrote a LyCORIS LoHa (kohya layout) to {loha_path}") as st:
-        counts = write_kohya_lora(pipe, loha_path, family, algo="loha", seed=4321, rank=2, alpha=1.0)
+        counts = write_demo_file(pipe, loha_path, family, algo="loha", seed=4321, rank=2, alpha=1.0)
         st["note"] = ", ".join(f"{c}: {n} modules" for c, n in counts.items()) + ", rank 2, alpha 1"
 
     with console.step(f"inspected {lora_path.name} (header only) against the pipeline"):
-        report = inspect_file(str(lora_path), model=pipe)
+        report = inspect(str(lora_path), model=pipe)
     for line in report.format_table().splitlines():
         console.info("    " + line)
     if report.warnings:
         console.info(
-            f"    (expected: the tiny model has {family.upper()}'s structure at toy widths, so a LoRA made for it "
-            f"does not fit a real {family.upper()} model; it fits the tiny pipeline, see coverage)"
+            f"    (expected: the tiny model has {shown}'s structure at toy widths, so a LoRA made for it "
+            f"does not fit a real {shown} model; it fits the tiny pipeline, see coverage)"
         )
 
-    def generate() -> Any:
+    def generate() -> np.ndarray:
         gen = torch.Generator().manual_seed(0)
         kwargs: dict[str, Any] = dict(num_inference_steps=steps, generator=gen, output_type="np",
                                       height=size, width=size)
@@ -268,14 +250,14 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
         attach(pipe)
         pipe.load_lora_weights(str(lora_path), adapter_name="style")
         st["note"] = f"adapters {pipe.get_list_adapters()}"
-    _print_report(console, load_report(pipe, "style"))
+    _print_report(console, pipe, "style")
     with console.step("generated with the LoRA"):
         lora = generate()
 
     with console.step("loaded the LoHa and mixed both: set_adapters(['style', 'texture'], [1.0, 0.7])"):
         pipe.load_lora_weights(str(loha_path), adapter_name="texture")
         pipe.set_adapters(["style", "texture"], adapter_weights=[1.0, 0.7])
-    _print_report(console, load_report(pipe, "texture"))
+    _print_report(console, pipe, "texture")
     with console.step("generated with LoRA + LoHa (unfused)"):
         mixed = generate()
     with console.step("fused both into the weights"):
