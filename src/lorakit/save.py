@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from . import formats
+from . import families, formats
+from .engine import AdapterManager
 from .errors import DestinationExistsError, FormatError, summarize
 from .io import LORA_WEIGHT_NAME_SAFE, PEFT_CONFIG_METADATA_KEY, PEFT_CONFIG_NAME
-from .kinds import AdapterKind, DoRA, LoRA
-from .pipelines.save import LORA_ADAPTER_METADATA_KEY, _json_default, save_safetensors
+from .io.write import json_default, save_safetensors
+from .kinds import AdapterKind
+from .pipelines.save import LORA_ADAPTER_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -24,55 +25,20 @@ __all__ = ["LORA_ADAPTER_METADATA_KEY", "peft_metadata", "save_adapter", "save_s
 
 
 # ----------------------------------------------------------------------------------------------- metadata
-def _lora_of(kind: AdapterKind, where: str) -> tuple[LoRA, bool]:
-    if isinstance(kind, DoRA):
-        if not isinstance(kind.inner, LoRA) or kind.axis != "out":
-            raise FormatError(f"{where}: PEFT metadata describes DoRA over LoRA on the output axis only")
-        return kind.inner, True
-    if not isinstance(kind, LoRA):
-        raise FormatError(f"{where}: a {kind.kind_name} adapter cannot be described by a PEFT LoraConfig")
-    if kind.mid is not None:
-        raise FormatError(f"{where}: a Tucker (lora_mid) adapter cannot be described by a PEFT LoraConfig")
-    return kind, False
-
-
 def peft_metadata(mapping: Mapping[str, AdapterKind], *, component: str = "") -> dict[str, Any]:
     """``LoraConfig`` fields that make PEFT/diffusers apply exactly the scales of ``mapping`` (module path -> kind).
 
-    ``r`` / ``lora_alpha`` are the most common rank / alpha; modules that differ get ``rank_pattern`` /
-    ``alpha_pattern`` entries keyed by their full module path; ``target_modules`` lists every path.
+    The one builder, :func:`lorakit.formats.peft_config` (strict): ``r`` / ``lora_alpha`` are the most common rank /
+    alpha; modules that differ get ``rank_pattern`` / ``alpha_pattern`` entries keyed ``"^" + re.escape(path)``
+    (anchored: that module only); ``target_modules`` lists every path.
 
     Raises:
-        FormatError: a kind PEFT's LoRA cannot express (LoHa, LoKr, full, Tucker, mixed DoRA).
+        FormatError: a kind PEFT's LoRA cannot express (LoHa, LoKr, full, Tucker, input-axis DoRA), or DoRA mixed
+            with plain LoRA.
     """
     if not mapping:
         raise FormatError(f"{component or 'adapter'}: no modules to describe")
-    ranks: dict[str, int] = {}
-    alphas: dict[str, float] = {}
-    dora: set[bool] = set()
-    bias = False
-    for path, kind in mapping.items():
-        lora, is_dora = _lora_of(kind, f"{component}.{path}" if component else path)
-        dora.add(is_dora)
-        ranks[path] = lora.rank
-        alphas[path] = float(lora.alpha) if lora.alpha is not None else float(lora.rank)
-        bias = bias or lora.bias is not None
-    if len(dora) > 1:
-        raise FormatError(f"{component or 'adapter'}: mixes DoRA and plain LoRA modules; PEFT takes one use_dora flag")
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas.values()).most_common(1)[0][0]
-    alpha_out: float | int = int(alpha) if float(alpha).is_integer() else alpha
-    return {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": alpha_out,
-        "rank_pattern": {p: k for p, k in sorted(ranks.items()) if k != r},
-        "alpha_pattern": {p: a for p, a in sorted(alphas.items()) if a != alpha},
-        "target_modules": sorted(mapping),
-        "use_dora": dora == {True},
-        "use_rslora": False,
-        "lora_bias": bias,
-    }
+    return formats.peft_config(mapping, where=component, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- save_adapter
@@ -99,8 +65,6 @@ def _write_layout(state_dict: Mapping[str, Tensor], header: Mapping[str, str], t
 def _canonical_from(
     manager_or_adapters: Any, adapter_name: str | None, component: str | None
 ) -> dict[str, dict[str, AdapterKind]]:
-    from .engine import AdapterManager
-
     def from_manager(mgr: AdapterManager, comp: str) -> dict[str, AdapterKind]:
         names = mgr.list_adapters()
         name = adapter_name
@@ -133,14 +97,18 @@ def _canonical_from(
 
 
 def _component_name(model: nn.Module) -> str:
+    """The component a model is in the families that have its class (the earliest component where several do: a
+    CLIPTextModelWithProjection is SD3's and aMUSEd's ``text_encoder`` before it is SDXL's ``text_encoder_2``)."""
     cls = type(model).__name__
-    if cls == "UNet2DConditionModel":
-        return "unet"
-    if cls in ("SD3Transformer2DModel", "UVit2DModel"):
-        return "transformer"
-    if cls.startswith("CLIPText"):
-        return "text_encoder"
-    raise FormatError(f"cannot tell which pipeline component a {cls} is; pass component=")
+    found = [
+        (f.components.index(comp), comp)
+        for f in families.FAMILIES.values()
+        for comp, (class_name, _) in f.reference.items()
+        if class_name == cls and comp in f.components
+    ]
+    if not found:
+        raise FormatError(f"cannot tell which pipeline component a {cls} is; pass component=")
+    return min(found)[1]
 
 
 def save_adapter(
@@ -184,7 +152,7 @@ def save_adapter(
     state_dict, header = formats.from_canonical(adapters, to, family=family)
     header = dict(header or {})
     for k, v in (metadata or {}).items():
-        header[str(k)] = v if isinstance(v, str) else json.dumps(v, default=_json_default)
+        header[str(k)] = v if isinstance(v, str) else json.dumps(v, default=json_default)
     _write_layout(state_dict, header, target, to)
     logger.info("saved %d modules (%s layout) to %s", sum(len(m) for m in adapters.values()), to, target)
     return os.fspath(target)

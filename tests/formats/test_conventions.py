@@ -207,7 +207,7 @@ def test_report_reasons_and_closest_names(sd1):
     typo = [s for s in by[R.NO_SUCH_MODULE] if s.key.endswith("to_qq.lora_down.weight")]
     assert typo and typo[0].closest[0] == f"{ATT}.attn1.to_q"
     details = " ".join(s.detail for s in by[R.UNSUPPORTED_KIND])
-    for algo in ("OFT", "BOFT", "(IA)^3", "GLoRA", "textual inversion", "kohya OFT"):
+    for algo in ("OFT", "BOFT", "(IA)^3", "GLoRA", "textual inversion", "kohya-oft layout"):
         assert algo in details, algo
     assert [s.key for s in by[R.INCOMPLETE]] == [f"lora_unet_{ATT.replace('.', '_')}_attn2_to_q.lora_down.weight"]
     assert [s.key for s in by[R.UNRECOGNISED]] == ["optimizer_state"]

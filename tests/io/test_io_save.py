@@ -223,7 +223,8 @@ def test_peft_metadata_patterns() -> None:
     }
     md = peft_metadata(mapping)
     assert md["r"] == 4 and md["lora_alpha"] == 8
-    assert md["rank_pattern"] == {"c": 2} and md["alpha_pattern"] == {"c": 2.0}
+    # anchored, escaped full paths: each pattern matches its own module only (formats.write.peft_config)
+    assert md["rank_pattern"] == {"^c": 2} and md["alpha_pattern"] == {"^c": 2.0}
     assert md["target_modules"] == ["a", "b", "c"]
     from lorakit.kinds import LoHa
 

@@ -1,9 +1,10 @@
-"""Splitting checkpoint keys into (module name, tensor role) and (scope prefix, name).
+"""Splitting checkpoint keys into (module name, tensor role) and (prefix, name).
 
-A key is ``<prefix><module name><suffix>``. The suffix names the tensor's role inside an adapter (``down``, ``up``,
-``alpha``, ``hada_w1_a``, ...) and its *style* (PEFT ``lora_A``, intermediate ``.lora.down``, attention-processor
-``_lora.down``, kohya/LyCORIS ``lora_down``/``hada_*``; ``alpha`` is style-neutral). The prefix names the component
-scope and the naming scheme. Conventions (``registry``) are combinations of prefixes and styles.
+A key is ``<prefix><module name><joiner><suffix>``. The suffix names the tensor's role inside an adapter and its
+style (see :mod:`lorakit.kinds.vocab`); the suffix table is built from the kinds' own vocabularies
+(``lorakit.kinds.vocabulary()``), plus the few layout-neutral suffixes below. This module knows how each style is
+*spelled* (its joiner, PEFT's optional adapter-name segment); what the suffixes mean belongs to the kinds. The prefix
+names the component scope and the naming scheme. Layouts (``registry``) are combinations of prefixes and styles.
 """
 
 from __future__ import annotations
@@ -11,61 +12,83 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: style names
-PEFT, INTERMEDIATE, ATTNPROC, KOHYA, NEUTRAL = "peft", "intermediate", "attnproc", "kohya", "neutral"
+from .. import kinds
+from ..kinds.vocab import ATTNPROC, INTERMEDIATE, KOHYA, NEUTRAL, PEFT, Suffix
 
-_SEG = r"(?:\.[A-Za-z0-9_\-]+)?"  # an optional adapter-name segment (PEFT "default")
-
-#: (regex on the key end, role, style, the key's possible last dotted segments or None for any); the role "<group>"
-#: takes its value from the regex group 1
-_SUFFIXES: list[tuple[re.Pattern[str], str, str, frozenset[str] | None]] = [
-    (re.compile(rf"\.lora_A{_SEG}\.weight$"), "down", PEFT, frozenset({"weight"})),
-    (re.compile(rf"\.lora_B{_SEG}\.weight$"), "up", PEFT, frozenset({"weight"})),
-    (re.compile(rf"\.lora_B{_SEG}\.bias$"), "bias", PEFT, frozenset({"bias"})),
-    (re.compile(r"\.lora_A$"), "down", PEFT, frozenset({"lora_A"})),
-    (re.compile(r"\.lora_B$"), "up", PEFT, frozenset({"lora_B"})),
-    (re.compile(rf"\.lora_magnitude_vector{_SEG}(?:\.weight)?$"), "magnitude", PEFT, None),
-    (re.compile(r"\.lora(?:_linear_layer)?\.(down|up)\.weight$"), "<group>", INTERMEDIATE, frozenset({"weight"})),
-    (re.compile(r"_lora\.(down|up)\.weight$"), "<group>", ATTNPROC, frozenset({"weight"})),
-    (re.compile(r"\.lora_(down|up|mid)\.weight$"), "<group>", KOHYA, frozenset({"weight"})),
-    (re.compile(r"\.lora_up\.bias$"), "bias", KOHYA, frozenset({"bias"})),
-    (re.compile(r"\.(alpha)$"), "<group>", NEUTRAL, frozenset({"alpha"})),
-    (re.compile(r"\.(dora_scale|scale)$"), "<group>", KOHYA, frozenset({"dora_scale", "scale"})),
-    (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "<group>", KOHYA,
-     frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"})),
-    (re.compile(r"\.(lokr_w[12](?:_[ab])?|lokr_t[12])$"), "<group>", KOHYA,
-     frozenset({"lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t1", "lokr_t2"})),
-    (re.compile(r"\.(diff|diff_b|w_norm|b_norm)$"), "<group>", KOHYA, frozenset({"diff", "diff_b", "w_norm", "b_norm"})),
-    (re.compile(r"\.(oft_blocks|oft_diag|oft_R|rescale|on_input|boft_\w+)$"), "<group>", KOHYA, None),
-    (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora_<group>", KOHYA, frozenset({"weight"})),
-    (re.compile(r"\.(weight|bias)$"), "plain_<group>", KOHYA, frozenset({"weight", "bias"})),
+__all__ = [
+    "ATTNPROC",
+    "INTERMEDIATE",
+    "KOHYA",
+    "NEUTRAL",
+    "PEFT",
+    "PREFIXES",
+    "ParsedKey",
+    "Prefix",
+    "SCALAR_ROLES",
+    "PLAIN_ROLES",
+    "split_prefix",
+    "split_suffix",
 ]
 
-_Suffix = tuple[re.Pattern[str], str, str]
-#: the suffixes that can match a key ending in ``.<last>`` (in order), so a key is tried against a few regexes only
-_ANY_LAST: list[_Suffix] = [(rx, role, style) for rx, role, style, last in _SUFFIXES if last is None]
-_BY_LAST: dict[str, list[_Suffix]] = {
-    seg: [(rx, role, style) for rx, role, style, last in _SUFFIXES if last is None or seg in last]
-    for _, _, _, ends in _SUFFIXES
-    for seg in ends or ()
-}
+#: roles no kind owns: ``alpha`` (every layout), A1111's ``.scale`` (alpha = scale · rank), and a module's own
+#: parameters (``.weight`` / ``.bias``: not adapter tensors, unless a kind claims them, as (IA)^3 does its weight)
+_NEUTRAL: tuple[Suffix, ...] = (
+    Suffix("alpha", "alpha", NEUTRAL),
+    Suffix("scale", "scale", KOHYA),
+    Suffix("weight", "weight", KOHYA),
+    Suffix("bias", "bias", KOHYA),
+)
+#: the scalar roles read as numbers (alpha resolution), not as adapter tensors
+SCALAR_ROLES = frozenset({"alpha", "scale"})
+#: a module's own parameters
+PLAIN_ROLES = frozenset({"weight", "bias"})
 
-#: roles of algorithms lorakit cannot apply, with the algorithm's name
-UNSUPPORTED_ROLES: dict[str, str] = {
-    "oft_blocks": "OFT/BOFT",
-    "oft_diag": "OFT",
-    "oft_R": "OFT",
-    "rescale": "OFT/BOFT",
-    "on_input": "(IA)^3",
-    "glora_a1": "GLoRA",
-    "glora_a2": "GLoRA",
-    "glora_b1": "GLoRA",
-    "glora_b2": "GLoRA",
-}
+#: an optional adapter-name segment (PEFT ``lora_A.default.weight``)
+_SEG = r"(?:\.[A-Za-z0-9_\-]+)?"
 
-_DOWN_NAMES = (re.compile(rf"\.lora_A{_SEG}\.weight$"), re.compile(r"\.lora(?:_linear_layer)?\.down\.weight$"),
-               re.compile(r"\.lora_down\.weight$"))
-_ATTNPROC_DOWN = re.compile(r"_lora\.down\.weight$")
+
+def _pattern(s: Suffix) -> re.Pattern[str]:
+    """The regex of one suffix on a key's end, with the style's joiner (``_`` for attention processors, ``.``
+    otherwise) and, for PEFT suffixes of two or more parts, the optional adapter-name segment after the first."""
+    joiner = "_" if s.style == ATTNPROC else r"\."
+    head, dot, rest = s.text.partition(".")
+    if s.style == PEFT and dot:
+        return re.compile(joiner + re.escape(head) + _SEG + r"\." + re.escape(rest) + "$")
+    return re.compile(joiner + re.escape(s.text) + "$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    pattern: re.Pattern[str]
+    role: str
+    style: str
+    #: the key's last dotted segment when this suffix ends it
+    last: str
+    #: the suffix has a dotted part before the last one (a tensor key, which a diffusers network-alpha key may end in)
+    nested: bool
+
+
+def _table() -> list[_Entry]:
+    """Every known suffix, most dotted parts first (so ``lora.down.weight`` is tried before ``weight``), then in the
+    kinds' order; refuses one spelling with two roles."""
+    seen: dict[tuple[str, str], str] = {}
+    suffixes: list[Suffix] = []
+    for s in (*kinds.vocabulary(), *_NEUTRAL):
+        role = seen.setdefault((s.style, s.text), s.role)
+        if role != s.role:
+            raise ValueError(f"suffix {s.text!r} ({s.style}) names two roles: {role!r} and {s.role!r}")
+        if s not in suffixes:
+            suffixes.append(s)
+    suffixes.sort(key=lambda s: -s.text.count("."))
+    return [_Entry(_pattern(s), s.role, s.style, s.text.rpartition(".")[2], "." in s.text) for s in suffixes]
+
+
+_TABLE = _table()
+#: the entries that can match a key ending in ``.<last>`` (in order), so a key is tried against a few regexes only
+_BY_LAST: dict[str, list[_Entry]] = {}
+for _e in _TABLE:
+    _BY_LAST.setdefault(_e.last, []).append(_e)
+_NESTED = [e for e in _TABLE if e.nested]
 
 
 def split_suffix(key: str) -> tuple[str, str, str, bool] | None:
@@ -73,26 +96,20 @@ def split_suffix(key: str) -> tuple[str, str, str, bool] | None:
     last = key.rpartition(".")[2]
     if last.endswith("\n"):  # "$" also matches before a final newline
         last = last[:-1]
-    for rx, role, style in _BY_LAST.get(last, _ANY_LAST):
-        m = rx.search(key)
+    for e in _BY_LAST.get(last, ()):
+        m = e.pattern.search(key)
         if m is None or m.start() == 0:
             continue
-        if "<group>" in role:
-            role = role.replace("<group>", m.group(1))
         name = key[: m.start()]
-        attnproc = style == ATTNPROC
-        if style == NEUTRAL:
-            # diffusers network_alphas spell alphas after the weight key: "<name>.lora.down.weight.alpha"
-            for drx in _DOWN_NAMES:
-                dm = drx.search(name)
-                if dm is not None and dm.start() > 0:
-                    name = name[: dm.start()]
+        attnproc = e.style == ATTNPROC
+        if e.style == NEUTRAL:
+            # diffusers network_alphas spell alphas after a tensor key: "<name>.lora.down.weight.alpha"
+            for n in _NESTED:
+                nm = n.pattern.search(name)
+                if nm is not None and nm.start() > 0:
+                    name, attnproc = name[: nm.start()], n.style == ATTNPROC
                     break
-            else:
-                am = _ATTNPROC_DOWN.search(name)
-                if am is not None and am.start() > 0:
-                    name, attnproc = name[: am.start()], True
-        return name, role, style, attnproc
+        return name, e.role, e.style, attnproc
     return None
 
 
@@ -105,7 +122,7 @@ class Prefix:
     scope: str | None
     #: "dotted" or "underscored"
     naming: str
-    #: prefix family, used by conventions to claim keys
+    #: prefix family, used by layouts to claim keys
     family: str
 
 
@@ -152,7 +169,7 @@ class ParsedKey:
     """One recognised key."""
 
     key: str
-    convention: str
+    layout: str
     prefix: Prefix
     #: the module name after the prefix (dotted or underscored)
     name: str

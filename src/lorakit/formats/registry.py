@@ -1,9 +1,10 @@
-"""The ordered registry of key conventions, used both to detect a file's layout and to convert it.
+"""The ordered registry of layouts, used both to detect how a file names its keys and to convert it.
 
-Each :class:`Convention` claims keys by (prefix family, suffix style). The registry hands every key to the first
-convention that claims it, so a file that mixes layouts (diffusers ``.lora.down`` next to ``lora_A`` in one component,
-kohya next to LyCORIS kinds) converts completely. Detection scores every convention on **all** keys plus the header
-(:meth:`Convention.detect`); the reported format is the best score.
+Each :class:`Layout` claims keys by (prefix family, suffix style). The registry hands every key to the first layout
+that claims it, so a file that mixes layouts (diffusers ``.lora.down`` next to ``lora_A`` in one component, kohya
+next to LyCORIS kinds) converts completely. Detection scores every layout on **all** keys plus the header
+(:meth:`Layout.detect`); the reported format is the dominant layout. Registration order is detection (and claim)
+order; :mod:`lorakit.formats.layouts` registers them, in one explicit list.
 """
 
 from __future__ import annotations
@@ -13,26 +14,40 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
+from ..errors import FormatError, did_you_mean
+from ..families import Family
+from ..kinds import AdapterKind
 from .keys import NEUTRAL, ParsedKey, Prefix, split_prefix, split_suffix
+
+#: canonical adapters of one file: component -> module path -> kind
+Adapters = Mapping[str, Mapping[str, AdapterKind]]
+#: a layout's writer: ``(adapters, family) -> (state_dict, header)``; ``family`` is the one the caller named, or
+#: ``None`` (a writer that needs one guesses it through ``lorakit.families.detect``)
+Writer = Callable[[Adapters, "Family | None"], tuple[dict[str, Tensor], dict[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
-class Convention:
-    """A key convention: which prefix families and suffix styles it owns."""
+class Layout:
+    """How a file names its keys: which prefix families and suffix styles it owns, and how to write it."""
 
     name: str
     description: str
     prefix_families: frozenset[str]
     styles: frozenset[str]
-    #: extra condition on a parsed key (e.g. attention-processor keys only)
+    #: extra condition on a parsed key (role, style, attnproc), e.g. attention-processor keys only
     accept: Callable[[str, str, bool], bool] | None = None
-    #: header fields that identify the convention (each adds to the confidence)
+    #: header fields that identify the layout (each adds to the confidence)
     header_keys: tuple[str, ...] = ()
-    #: whether lorakit converts it (False: keys are reported as "unsupported kind")
-    supported: bool = True
+    #: whether the header's PEFT LoraConfig (``lora_adapter_metadata`` / ``adapter_config``) states the rank of each
+    #: module the layout names the PEFT way, as PEFT reads it (a file whose tensors contradict it is refused)
+    header_config: bool = False
+    #: ``None`` for layouts lorakit reads but does not write
+    writer: Writer | None = None
 
     def claim(self, key: str) -> ParsedKey | None:
-        """The parsed key if this convention owns it, else ``None``."""
+        """The parsed key if this layout owns it, else ``None``."""
         return self._claim(key, _split(key))
 
     def _claim(self, key: str, split: _Split) -> ParsedKey | None:
@@ -54,7 +69,7 @@ class Convention:
         return ParsedKey(key, self.name, prefix, rest, role, style, attnproc)
 
     def detect(self, keys: Iterable[str], metadata: Mapping[str, Any] | None = None) -> float:
-        """Confidence in [0, 1+]: the share of all keys this convention claims, plus 0.5 per identifying header field."""
+        """Confidence in [0, 1+]: the share of all keys this layout claims, plus 0.5 per identifying header field."""
         return self._detect([(k, _split(k)) for k in keys], metadata)
 
     def _detect(self, splits: list[tuple[str, _Split]], metadata: Mapping[str, Any] | None) -> float:
@@ -67,7 +82,7 @@ class Convention:
         return score
 
 
-#: a key split once for every convention: ``(prefix, rest, role, style, attnproc)``, or ``None`` (no known suffix)
+#: a key split once for every layout: ``(prefix, rest, role, style, attnproc)``, or ``None`` (no known suffix)
 _Split = tuple[Prefix, str, str, str, bool] | None
 
 
@@ -80,29 +95,40 @@ def _split(key: str) -> _Split:
     return prefix, rest, role, style, attnproc
 
 
-REGISTRY: list[Convention] = []
+REGISTRY: list[Layout] = []
+_BY_NAME: dict[str, Layout] = {}
 
 
-def register(conv: Convention) -> Convention:
-    """Append a convention to the registry (order matters: the first claim wins)."""
-    REGISTRY.append(conv)
-    return conv
+def register(layout: Layout) -> Layout:
+    """Append a layout to the registry (order matters: detection order, and the first claim wins)."""
+    if layout.name in _BY_NAME:
+        raise ValueError(f"layout {layout.name!r} is registered twice")
+    REGISTRY.append(layout)
+    _BY_NAME[layout.name] = layout
+    return layout
 
 
-def set_order(names: list[str]) -> None:
-    """Reorder the registry (conventions not named keep their relative order, after the named ones)."""
-    rank = {n: i for i, n in enumerate(names)}
-    REGISTRY.sort(key=lambda c: rank.get(c.name, len(rank)))
+def get(name: str) -> Layout:
+    """A registered layout by name (:class:`FormatError` with a "did you mean" otherwise)."""
+    layout = _BY_NAME.get(name)
+    if layout is None:
+        raise FormatError(f"unknown layout {name!r} (known: {', '.join(_BY_NAME)})" + did_you_mean(name, list(_BY_NAME)))
+    return layout
+
+
+def writable() -> tuple[str, ...]:
+    """The names of the layouts ``from_canonical`` writes, in registration order."""
+    return tuple(layout.name for layout in REGISTRY if layout.writer is not None)
 
 
 def parse_keys(keys: Iterable[str]) -> tuple[list[ParsedKey], list[str]]:
-    """Every key parsed by the first convention that claims it, and the keys nobody claims."""
+    """Every key parsed by the first layout that claims it, and the keys nobody claims."""
     parsed: list[ParsedKey] = []
     unclaimed: list[str] = []
     for key in keys:
         split = _split(key)
-        for conv in REGISTRY:
-            pk = conv._claim(key, split)
+        for layout in REGISTRY:
+            pk = layout._claim(key, split)
             if pk is not None:
                 parsed.append(pk)
                 break
@@ -112,15 +138,15 @@ def parse_keys(keys: Iterable[str]) -> tuple[list[ParsedKey], list[str]]:
 
 
 def detect(keys: Iterable[str], metadata: Mapping[str, Any] | None = None) -> list[tuple[str, float]]:
-    """``[(convention, confidence), ...]`` best first, for every convention with a non-zero confidence."""
+    """``[(layout, confidence), ...]`` best first, for every layout with a non-zero confidence."""
     splits = [(k, _split(k)) for k in keys]
-    scores = [(c.name, c._detect(splits, metadata)) for c in REGISTRY]
+    scores = [(layout.name, layout._detect(splits, metadata)) for layout in REGISTRY]
     return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])
 
 
 def format_name(parsed: Iterable[ParsedKey]) -> tuple[str, dict[str, int]]:
-    """The dominant convention (``"mixed(a+b)"`` when a second one holds over 10 % of the keys) and per-convention counts."""
-    counts = Counter(p.convention for p in parsed)
+    """The dominant layout (``"mixed(a+b)"`` when a second one holds over 10 % of the keys) and per-layout counts."""
+    counts = Counter(p.layout for p in parsed)
     if not counts:
         return "unknown", {}
     ranked = counts.most_common()
@@ -128,10 +154,3 @@ def format_name(parsed: Iterable[ParsedKey]) -> tuple[str, dict[str, int]]:
     major = [n for n, c in ranked if c / total > 0.1 and n not in ("embedding",)]
     name = ranked[0][0] if len(major) <= 1 else "mixed(" + "+".join(sorted(major)) + ")"
     return name, dict(ranked)
-
-
-def get(name: str) -> Convention:
-    for c in REGISTRY:
-        if c.name == name:
-            return c
-    raise KeyError(name)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..engine import is_supported
+from ..engine.apply import weight_of
 from . import clip, sd3, sd_unet
 
 
@@ -50,7 +51,7 @@ class ModuleIndex:
         return hit
 
     def shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self.modules[path].weight.shape)
+        return tuple(weight_of(self.modules[path]).shape)
 
     def closest(self, name: str, n: int = 3) -> list[str]:
         """Module paths closest to ``name`` (compared in underscored form; pre-filtered on the last token)."""
