@@ -1,9 +1,12 @@
-"""Key -> shape fixtures of real-world layouts at real model sizes, written from the facts in formats.md (§2, §3, §8)
+"""Key -> tensor fixtures of real-world layouts at real model sizes, written from the facts in formats.md (§2, §3, §8)
 and the published configs, independently of lorakit's own tables.
 
-Each builder returns ``(state_dict, expected)`` where ``expected`` maps the file's module name to the diffusers module
-path(s) it must land on (checked for every key by the tests). Tensors are real (rank 2, zeros) so that scalar alphas
-and split checks work; everything stays a few tens of MB.
+Each builder returns ``(state_dict, expected)`` where ``expected`` maps the file's module name to
+``(component, diffusers module path(s), op)``: ``"direct"`` (one module), ``"split"`` (a fused projection whose
+output rows go, in equal consecutive chunks, to the paths in order: SD3 ``qkv`` -> q, k, v) or ``"swap"`` (one module
+whose two output halves are exchanged: SAI adaLN (shift, scale) -> diffusers (scale, shift)). Tensors are seeded
+random (rank 2), different for every module, so a module landing on the wrong path, a wrong row order or a wrong
+alpha changes the delta the tests compute by the formula; everything stays a few tens of MB.
 """
 
 from __future__ import annotations
@@ -14,26 +17,33 @@ import torch
 
 R = 2  # rank used by the fixtures (not a multiple of 3: fused qkv is split generically)
 Shape = tuple[int, ...]
+Expected = dict[str, tuple[str, tuple[str, ...], str]]
+_G = torch.Generator().manual_seed(20240)
+
+
+def rnd(*shape: int) -> torch.Tensor:
+    """Seeded noise (one generator for every fixture: each module gets different values)."""
+    return torch.randn(shape, generator=_G) * 0.1
 
 
 def kohya_lora(sd: dict, name: str, out: int, inp: int, k: int | None = None, alpha: float = 1.0) -> None:
     """kohya LoRA/LoCon tensors for one module (conv when ``k`` is given)."""
     if k is None:
-        sd[f"{name}.lora_down.weight"] = torch.zeros(R, inp)
-        sd[f"{name}.lora_up.weight"] = torch.zeros(out, R)
+        sd[f"{name}.lora_down.weight"] = rnd(R, inp)
+        sd[f"{name}.lora_up.weight"] = rnd(out, R)
     else:
-        sd[f"{name}.lora_down.weight"] = torch.zeros(R, inp, k, k)
-        sd[f"{name}.lora_up.weight"] = torch.zeros(out, R, 1, 1)
+        sd[f"{name}.lora_down.weight"] = rnd(R, inp, k, k)
+        sd[f"{name}.lora_up.weight"] = rnd(out, R, 1, 1)
     sd[f"{name}.alpha"] = torch.tensor(alpha)
 
 
 def peft_lora(sd: dict, name: str, out: int, inp: int, k: int | None = None) -> None:
     if k is None:
-        sd[f"{name}.lora_A.weight"] = torch.zeros(R, inp)
-        sd[f"{name}.lora_B.weight"] = torch.zeros(out, R)
+        sd[f"{name}.lora_A.weight"] = rnd(R, inp)
+        sd[f"{name}.lora_B.weight"] = rnd(out, R)
     else:
-        sd[f"{name}.lora_A.weight"] = torch.zeros(R, inp, k, k)
-        sd[f"{name}.lora_B.weight"] = torch.zeros(out, R, 1, 1)
+        sd[f"{name}.lora_A.weight"] = rnd(R, inp, k, k)
+        sd[f"{name}.lora_B.weight"] = rnd(out, R, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------- SD UNets (diffusers)
@@ -151,7 +161,7 @@ SDXL = dict(channels=[320, 640, 1280], attn_down=[1, 2], attn_up=[0, 1], tblocks
             tblocks_up=[10, 2, 0], tblocks_mid=10)
 
 
-def kohya_sd(family: str, compvis: bool = False) -> tuple[dict, dict[str, tuple[str, str]]]:
+def kohya_sd(family: str, compvis: bool = False) -> tuple[dict, Expected]:
     """kohya SD1 / SD2 (diffusers-derived or A1111 CompVis names) or SDXL (SGM names) with LoCon and TE keys."""
     if family == "sdxl":
         unet = unet_modules(**SDXL, cross=2048, conv_proj=False,
@@ -165,16 +175,16 @@ def kohya_sd(family: str, compvis: bool = False) -> tuple[dict, dict[str, tuple[
         tes = {"lora_te": ("text_encoder", te)}
         up_attn = {1, 2, 3}
     sd: dict = {}
-    expected: dict[str, tuple[str, str]] = {}
+    expected: Expected = {}
     for path, (o, i, k) in unet.items():
         name = "lora_unet_" + (compvis_name(path, up_attn) if compvis else path).replace(".", "_")
         kohya_lora(sd, name, o, i, k, alpha=1.0 if k == 3 else 2.0)
-        expected[name] = ("unet", path)
+        expected[name] = ("unet", (path,), "direct")
     for prefix, (comp, mods) in tes.items():
         for path, (o, i, k) in mods.items():
             name = f"{prefix}_{path.replace('.', '_')}"
             kohya_lora(sd, name, o, i, k)
-            expected[name] = (comp, path)
+            expected[name] = (comp, (path,), "direct")
     return sd, expected
 
 
@@ -182,14 +192,25 @@ def kohya_sd(family: str, compvis: bool = False) -> tuple[dict, dict[str, tuple[
 D, BLOCKS = 1536, 24
 
 
-def sd3_kohya(D: int = D, BLOCKS: int = BLOCKS, encoders: bool = True) -> tuple[dict, dict[str, tuple[str, tuple[str, ...]]]]:  # noqa: N803
-    """kohya sd-scripts ``lora_sd3`` names (SAI MMDiT) + CLIP-L/G + T5 (``lora_te3_``); SD3.5-large: D=2432, 38 blocks."""
-    sd: dict = {}
-    exp: dict[str, tuple[str, tuple[str, ...]]] = {}
+def sd3_kohya(
+    D: int = D, BLOCKS: int = BLOCKS, encoders: bool = True, split_qkv: bool = False  # noqa: N803
+) -> tuple[dict, Expected]:
+    """kohya sd-scripts ``lora_sd3`` names (SAI MMDiT) + CLIP-L/G + T5 (``lora_te3_``); SD3.5-large: D=2432, 38 blocks.
 
-    def add(name: str, out: int, inp: int, targets: tuple[str, ...], k: int | None = None, comp: str = "transformer") -> None:
-        kohya_lora(sd, name, out, inp, k)
-        exp[name] = (comp, targets)
+    ``split_qkv``: sd-scripts' ``split_qkv`` network arg: each fused qkv holds three rank-R LoRAs, ``down`` stacked
+    (3R, D) and ``up`` block-diagonal (3D, 3R) (the header must say ``split_qkv``)."""
+    sd: dict = {}
+    exp: Expected = {}
+
+    def add(name: str, out: int, inp: int, targets: tuple[str, ...], k: int | None = None, comp: str = "transformer",
+            op: str = "direct") -> None:
+        if op == "split" and split_qkv:
+            sd[f"{name}.lora_down.weight"] = torch.cat([rnd(R, inp) for _ in targets])
+            sd[f"{name}.lora_up.weight"] = torch.block_diag(*[rnd(out // len(targets), R) for _ in targets])
+            sd[f"{name}.alpha"] = torch.tensor(1.0)
+        else:
+            kohya_lora(sd, name, out, inp, k)
+        exp[name] = (comp, targets, op)
 
     for i in range(BLOCKS):
         b = f"transformer_blocks.{i}"
@@ -197,9 +218,9 @@ def sd3_kohya(D: int = D, BLOCKS: int = BLOCKS, encoders: bool = True) -> tuple[
         for blk in ("x_block", "context_block"):
             p = f"lora_unet_joint_blocks_{i}_{blk}"
             qkv = ("attn.to_q", "attn.to_k", "attn.to_v") if blk == "x_block" else ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")
-            add(f"{p}_attn_qkv", 3 * D, D, tuple(f"{b}.{q}" for q in qkv))
+            add(f"{p}_attn_qkv", 3 * D, D, tuple(f"{b}.{q}" for q in qkv), op="split")
             if blk == "context_block" and last:
-                add(f"{p}_adaLN_modulation_1", 2 * D, D, (f"{b}.norm1_context.linear",))
+                add(f"{p}_adaLN_modulation_1", 2 * D, D, (f"{b}.norm1_context.linear",), op="swap")
                 continue
             add(f"{p}_attn_proj", D, D, (f"{b}.attn.to_out.0" if blk == "x_block" else f"{b}.attn.to_add_out",))
             ff = "ff" if blk == "x_block" else "ff_context"
@@ -212,7 +233,7 @@ def sd3_kohya(D: int = D, BLOCKS: int = BLOCKS, encoders: bool = True) -> tuple[
     add("lora_unet_y_embedder_mlp_0", D, 2048, ("time_text_embed.text_embedder.linear_1",))
     add("lora_unet_y_embedder_mlp_2", D, D, ("time_text_embed.text_embedder.linear_2",))
     add("lora_unet_final_layer_linear", 2 * 2 * 16, D, ("proj_out",))
-    add("lora_unet_final_layer_adaLN_modulation_1", 2 * D, D, ("norm_out.linear",))
+    add("lora_unet_final_layer_adaLN_modulation_1", 2 * D, D, ("norm_out.linear",), op="swap")
     add("lora_unet_x_embedder_proj", D, 16, ("pos_embed.proj",), k=2)
     if not encoders:
         return sd, exp
@@ -251,40 +272,41 @@ def sd3_diffusers_modules() -> dict[str, tuple[int, int]]:
     return mods
 
 
-def sd3_onetrainer() -> tuple[dict, dict[str, tuple[str, str]]]:
+def sd3_onetrainer() -> tuple[dict, Expected]:
     """OneTrainer legacy: ``lora_transformer_`` + underscored diffusers names, ``lora_te1_``/``lora_te3_``."""
     sd: dict = {}
-    exp: dict[str, tuple[str, str]] = {}
+    exp: Expected = {}
     for path, (o, i) in sd3_diffusers_modules().items():
         name = "lora_transformer_" + path.replace(".", "_")
         kohya_lora(sd, name, o, i)
-        exp[name] = ("transformer", path)
+        exp[name] = ("transformer", (path,), "direct")
     kohya_lora(sd, "lora_te1_text_projection", 768, 768)
-    exp["lora_te1_text_projection"] = ("text_encoder", "text_projection")
+    exp["lora_te1_text_projection"] = ("text_encoder", ("text_projection",), "direct")
     kohya_lora(sd, "lora_te2_text_projection", 1280, 1280)
-    exp["lora_te2_text_projection"] = ("text_encoder_2", "text_projection")
+    exp["lora_te2_text_projection"] = ("text_encoder_2", ("text_projection",), "direct")
     kohya_lora(sd, "lora_te3_encoder_block_0_layer_0_SelfAttention_q", 4096, 4096)
-    exp["lora_te3_encoder_block_0_layer_0_SelfAttention_q"] = ("text_encoder_3", "encoder.block.0.layer.0.SelfAttention.q")
+    exp["lora_te3_encoder_block_0_layer_0_SelfAttention_q"] = (
+        "text_encoder_3", ("encoder.block.0.layer.0.SelfAttention.q",), "direct")
     return sd, exp
 
 
-def sd3_diffusers() -> tuple[dict, dict[str, tuple[str, str]]]:
+def sd3_diffusers() -> tuple[dict, Expected]:
     sd: dict = {}
-    exp: dict[str, tuple[str, str]] = {}
+    exp: Expected = {}
     for path, (o, i) in sd3_diffusers_modules().items():
         peft_lora(sd, f"transformer.{path}", o, i)
-        exp[f"transformer.{path}"] = ("transformer", path)
+        exp[f"transformer.{path}"] = ("transformer", (path,), "direct")
     for path, (o, i, _) in clip_modules(12, 768, 3072).items():
         peft_lora(sd, f"text_encoder.{path}", o, i)
-        exp[f"text_encoder.{path}"] = ("text_encoder", path)
+        exp[f"text_encoder.{path}"] = ("text_encoder", (path,), "direct")
     return sd, exp
 
 
 # --------------------------------------------------------------------------------------------- aMUSEd
-def amused_train_script() -> tuple[dict, dict[str, tuple[str, str]]]:
+def amused_train_script() -> tuple[dict, Expected]:
     """``train_amused.py``: PEFT to_q/to_k/to_v in the transformer, q/k/v/out in the text encoder, no alpha."""
     sd: dict = {}
-    exp: dict[str, tuple[str, str]] = {}
+    exp: Expected = {}
     hidden, ch = 1024, 768
     mods: dict[str, tuple[int, int]] = {}
     for n in range(22):
@@ -298,9 +320,9 @@ def amused_train_script() -> tuple[dict, dict[str, tuple[str, str]]]:
                 mods[f"{blk}.attention_blocks.{n}.attn2.{q}"] = (ch, ch)
     for path, (o, i) in mods.items():
         peft_lora(sd, f"transformer.{path}", o, i)
-        exp[f"transformer.{path}"] = ("transformer", path)
+        exp[f"transformer.{path}"] = ("transformer", (path,), "direct")
     for path, (o, i, _) in clip_modules(12, 768, 3072).items():
         if "self_attn" in path:
             peft_lora(sd, f"text_encoder.{path}", o, i)
-            exp[f"text_encoder.{path}"] = ("text_encoder", path)
+            exp[f"text_encoder.{path}"] = ("text_encoder", (path,), "direct")
     return sd, exp
