@@ -9,6 +9,7 @@ from .conversion import ConvertReport, convert
 from .engine import AdapterManager, get_manager
 from .inspection import InspectReport, inspect
 from .io import read_lora
+from .serving import AdapterCache, CacheStats, per_sample
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .pipelines import (
     AmusedLoraLoaderMixin,
@@ -25,6 +26,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterCache",
+    "CacheStats",
+    "per_sample",
     "AdapterKind",
     "AdapterManager",
     "AmusedLoraLoaderMixin",

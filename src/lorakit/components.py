@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from .engine import AdapterManager, FusePlan, Weight, check_name, get_manager
+from .engine.persample import SamplePlan
 from .errors import (
     AdapterExistsError,
     AdapterNotFoundError,
@@ -40,10 +42,14 @@ Adapters = Mapping[str, Mapping[str, AdapterKind]]
 
 @dataclass(slots=True)
 class PipelineState:
-    """What belongs to the pipeline as a whole: its lock and whether LoRA is enabled."""
+    """What belongs to the pipeline as a whole: its lock, whether LoRA is enabled, and the per-sample context."""
 
     enabled: bool = True
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: component -> plan of the running ``lorakit.per_sample`` context (empty: none running)
+    plans: dict[str, SamplePlan] = field(default_factory=dict)
+    #: adapter -> number of running contexts that use it (an adapter cache never evicts these)
+    pinned: Counter[str] = field(default_factory=Counter)
 
 
 class ComponentSet:
@@ -108,12 +114,14 @@ class ComponentSet:
         info: Mapping[str, Any] | None = None,
         weights: Mapping[str, float] | None = None,
         hotswap: bool = False,
+        activate: bool = True,
     ) -> None:
         """Attach adapter ``name`` to every component in ``adapters`` (all validated before any change).
 
-        As in diffusers, the new adapter becomes the only active one in every component it loads into; the
-        components it does not touch keep their active set. ``hotswap`` replaces a loaded adapter's tensors in
-        place instead (same activity, weights and fused state).
+        As in diffusers, the new adapter becomes the only active one in every component it loads into (unless
+        ``activate`` is false: an adapter cache loads without touching the active set); the components it does not
+        touch keep their active set. ``hotswap`` replaces a loaded adapter's tensors in place instead (same
+        activity, weights and fused state).
         """
         check_name(name)
         unknown = [c for c in adapters if c not in self.models]
@@ -139,7 +147,13 @@ class ComponentSet:
             if not self.state.enabled:
                 mgr.disable()
             mgr.add_adapter(
-                name, padded, weight=weight, exclusive=True, info=dict(info or {}, component=comp), validated=True
+                name,
+                padded,
+                weight=weight,
+                activate=activate,
+                exclusive=activate,
+                info=dict(info or {}, component=comp),
+                validated=True,
             )
         logger.info("loaded adapter %r into %s", name, summarize(c for c, *_ in staged))
 
@@ -217,12 +231,13 @@ class ComponentSet:
             mgr.unfuse()
 
     # ------------------------------------------------------------------ removal, devices
-    def delete(self, names: Sequence[str]) -> None:
+    def delete(self, names: Sequence[str], *, fallback: bool = True) -> None:
+        """Delete adapters everywhere; ``fallback`` as :meth:`AdapterManager.delete_adapter` (diffusers' behaviour)."""
         self.check_loaded(names)
         for mgr in self.managers().values():
             for n in names:
                 if n in mgr.adapters:
-                    mgr.delete_adapter(n)
+                    mgr.delete_adapter(n, fallback=fallback)
 
     def unload(self) -> None:
         """Every adapter and hook gone in every component (see :meth:`AdapterManager.unload`); enabled again."""

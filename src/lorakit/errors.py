@@ -33,7 +33,9 @@ __all__ = [
     "AdapterWeightError",
     "ComponentError",
     "AdapterNameError",
+    "BatchLayoutError",
     "DestinationError",
+    "PerSampleError",
     "summarize",
     "closest",
     "did_you_mean",
@@ -152,3 +154,11 @@ class ComponentError(LorakitError, ValueError):
 
 class AdapterNameError(LorakitError, ValueError):
     """An adapter name is not a non-empty string."""
+
+
+class PerSampleError(LorakitError, RuntimeError):
+    """A per-sample batch cannot run as asked (a context already active, entries that do not match the prompts)."""
+
+
+class BatchLayoutError(PerSampleError, ValueError):
+    """A batch's rows cannot be mapped to the samples of a per-sample plan."""

@@ -290,8 +290,12 @@ class AdapterManager:
         self._drop_unused_slots()
         self._bump()
 
-    def delete_adapter(self, name: str) -> None:
-        """Remove one adapter. If it was fused, the remaining fused set is recomputed from the originals."""
+    def delete_adapter(self, name: str, *, fallback: bool = False) -> None:
+        """Remove one adapter. If it was fused, the remaining fused set is recomputed from the originals.
+
+        ``fallback``: when it was the only active adapter, the first remaining one becomes active (what PEFT, and
+        so diffusers, does).
+        """
         with self.lock:
             self._get(name)
             if name in self.fused:
@@ -302,7 +306,7 @@ class AdapterManager:
             self.info.pop(name, None)
             if name in self.active:
                 self.active.remove(name)
-                if not self.active and self.adapters:
+                if fallback and not self.active and self.adapters:
                     # as PEFT does: the first remaining adapter takes over (diffusers users see this)
                     self.active = [next(iter(self.adapters))]
                     logger.warning(

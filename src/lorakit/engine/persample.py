@@ -18,20 +18,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ..errors import LorakitError
+from ..errors import BatchLayoutError
 from .apply import Combined, combine, sidecar_output
 from .weights import Weight, at
 
 if TYPE_CHECKING:
     from .slot import Slot
 
-__all__ = ["BatchLayoutError", "SamplePlan"]
+__all__ = ["SamplePlan"]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm)
-
-
-class BatchLayoutError(LorakitError, ValueError):
-    """A batch's rows cannot be mapped to the samples of a per-sample plan."""
 
 
 class SamplePlan:
@@ -45,7 +41,7 @@ class SamplePlan:
     def __init__(self, mixes: Sequence[Mapping[str, Weight]], per_prompt: int = 1) -> None:
         self.mixes: list[dict[str, Weight]] = [dict(m) for m in mixes]
         self.per_prompt = per_prompt
-        self._rows: dict[tuple[int, int, str], dict[str, tuple[Tensor, list[int]]]] = {}
+        self._rows: dict[tuple[int, int, str, str], dict[str, tuple[Tensor, list[int]]]] = {}
         self._combined: dict[tuple[str, str, torch.device, torch.dtype], Combined] = {}
 
     @property
@@ -74,7 +70,7 @@ class SamplePlan:
 
     def _groups(self, n: int, path: str, device: torch.device) -> dict[str, tuple[Tensor, list[int]]]:
         """Per adapter: the rows that use it (a long tensor on ``device``) and their sample indices."""
-        key = (n, hash(device), path)
+        key = (n, self.per_prompt, str(device), path)
         got = self._rows.get(key)
         if got is not None:
             return got

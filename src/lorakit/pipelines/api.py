@@ -27,6 +27,7 @@ from ..errors import (
     FormatError,
     HotswapError,
     KeyMismatchError,
+    PerSampleError,
     did_you_mean,
     summarize,
 )
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LoraBaseMixin", "load_report"]
 
-_STATE = "_lorakit_state"
+#: where a pipeline keeps its PipelineState (in its __dict__)
+STATE = "_lorakit_state"
 _IO_KWARGS = (
     "weight_name",
     "subfolder",
@@ -56,9 +58,9 @@ _IO_KWARGS = (
 
 def pipeline_state(pipe: Any) -> PipelineState:
     """The pipeline's own :class:`PipelineState` (created once; ``dict.setdefault`` is atomic across threads)."""
-    st = pipe.__dict__.get(_STATE)
+    st = pipe.__dict__.get(STATE)
     if st is None:
-        st = pipe.__dict__.setdefault(_STATE, PipelineState())
+        st = pipe.__dict__.setdefault(STATE, PipelineState())
     return st
 
 
@@ -183,6 +185,19 @@ class LoraBaseMixin:
         """Names of the fused LoRAs (in any component)."""
         return self._lorakit_set().fused()
 
+    def _lorakit_before_call(self, arguments: Mapping[str, Any]) -> None:
+        """A pipeline call inside ``lorakit.per_sample``: check the prompts against the entries and tell every
+        plan how many images each prompt gets (batch rows -> samples)."""
+        plans = pipeline_state(self).plans
+        samples = next(iter(plans.values())).samples
+        prompt = arguments.get("prompt")
+        count = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, (list, tuple)) else None
+        if count is not None and count != samples:
+            raise PerSampleError(f"per_sample has {samples} entries but the call has {count} prompt(s): give one each")
+        per_prompt = arguments.get("num_images_per_prompt") or 1
+        for plan in plans.values():
+            plan.per_prompt = int(per_prompt)
+
     def lora_report(self, adapter_name: str) -> LoadReport | None:
         """The load report of a loaded adapter: matched modules and kinds per component, alpha sources, every
         skipped key with its reason (lorakit only; diffusers' ``load_lora_weights`` returns nothing)."""
@@ -269,6 +284,7 @@ class LoraBaseMixin:
         *,
         strict: bool = False,
         weights: Mapping[str, float] | None = None,
+        activate: bool = True,
     ) -> None:
         conv = formats.to_canonical(state_dict, header, dict(models), source=source, strict=strict)
         adapters = {c: dict(m) for c, m in conv.adapters.items() if c in models and m}
@@ -280,7 +296,9 @@ class LoraBaseMixin:
         cset = self._lorakit_set()
         name = adapter_name if adapter_name is not None else cset.default_name()
         info = {"format": conv.format, "report": conv.report, "source": source}
-        ComponentSet(models, cset.state).load(adapters, name, info=info, weights=weights, hotswap=hotswap)
+        ComponentSet(models, cset.state).load(
+            adapters, name, info=info, weights=weights, hotswap=hotswap, activate=activate
+        )
 
     @classmethod
     def _lorakit_load_one(
@@ -459,28 +477,11 @@ class LoraBaseMixin:
         """
         self._lorakit_set().unfuse(self._lorakit_components(components))
 
-    @_serialized
-    def set_adapters(
-        self,
-        adapter_names: list[str] | str,
-        adapter_weights: float | dict | list[float] | list[dict] | None = None,
-    ) -> None:
-        """Make exactly ``adapter_names`` active, with weights. Every weight is checked before any is set.
-
-        Args:
-            adapter_names: one name or a list.
-            adapter_weights: ``None`` (1.0 each), one number for all, or a list with one entry per adapter; each
-                entry a number or a per-component dict ``{"unet": 0.5, "text_encoder": 0.8}`` whose values may
-                be per-block dicts for the denoiser (``{"unet": {"down": 0.9, "mid": 0.5, "up": {"block_0": ...}}}``,
-                ``{"transformer": {"block_0": 0.5}}``; see :mod:`lorakit.pipelines.blocks`). Unlisted components
-                get 1.0.
-
-        Raises:
-            AdapterNotFoundError: a name is not loaded.
-            AdapterWeightError / ComponentError / KeyMismatchError: weights that do not fit.
-        """
-        names = _names(adapter_names)
-        cset = self._lorakit_set()
+    def _lorakit_weights(
+        self, cset: ComponentSet, names: list[str], adapter_weights: Any, *, warn: bool = True
+    ) -> dict[str, tuple[list[str], list[Any]]]:
+        """``set_adapters``' arguments as ``{component: (names, weights)}`` (numbers or per-module functions),
+        checked: loaded names, one weight per name, known components, block weights that fit."""
         cset.check_loaded(names)
         if adapter_weights is None:
             weights: list[Any] = [1.0] * len(names)
@@ -505,7 +506,7 @@ class LoraBaseMixin:
                         + did_you_mean(str(unknown[0]), list(self._lora_loadable_modules))
                     )
                 for c in w:
-                    if w[c] is not None and (c not in managers or name not in managers[c].adapters):
+                    if warn and w[c] is not None and (c not in managers or name not in managers[c].adapters):
                         logger.warning("adapter %r is not loaded in %s; its weight for %s is ignored", name, c, c)
             for comp, mgr in managers.items():
                 if name not in mgr.adapters:
@@ -514,7 +515,32 @@ class LoraBaseMixin:
                 value = 1.0 if spec is None else expand_block_weights(spec, mgr.model, f"adapter {name!r}, {comp}")
                 per_comp[comp][0].append(name)
                 per_comp[comp][1].append(value)
-        cset.set_adapters(per_comp)
+        return per_comp
+
+    @_serialized
+    def set_adapters(
+        self,
+        adapter_names: list[str] | str,
+        adapter_weights: float | dict | list[float] | list[dict] | None = None,
+    ) -> None:
+        """Make exactly ``adapter_names`` active, with weights. Every weight is checked before any is set.
+
+        Args:
+            adapter_names: one name or a list.
+            adapter_weights: ``None`` (1.0 each), one number for all, or a list with one entry per adapter; each
+                entry a number or a per-component dict ``{"unet": 0.5, "text_encoder": 0.8}`` whose values may
+                be per-block dicts for the denoiser (``{"unet": {"down": 0.9, "mid": 0.5, "up": {"block_0": ...}}}``,
+                ``{"transformer": {"block_0": 0.5}}``; see :mod:`lorakit.pipelines.blocks`). Unlisted components
+                get 1.0.
+
+        Raises:
+            AdapterNotFoundError: a name is not loaded.
+            AdapterWeightError / ComponentError / KeyMismatchError: weights that do not fit.
+        """
+        names = _names(adapter_names)
+        cset = self._lorakit_set()
+        cset.set_adapters(self._lorakit_weights(cset, names, adapter_weights))
+
 
     @_serialized
     def disable_lora(self) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from .. import families
 from ..errors import UnsupportedPipelineError
-from .api import LoraBaseMixin
+from .api import STATE, LoraBaseMixin, pipeline_state
 from .mixins import MIXINS
 
 __all__ = ["attach", "mixin_for"]
@@ -34,6 +37,20 @@ def mixin_for(pipe: Any) -> type[LoraBaseMixin] | None:
         if isinstance(denoiser, nn.Module) and owners == {loader}:
             return MIXINS[loader]
     return None
+
+
+def _calling(call: Callable[..., Any]) -> Callable[..., Any]:
+    """The pipeline's ``__call__`` (same signature and docs) telling lorakit about the call first: a running
+    ``lorakit.per_sample`` context needs the number of prompts and images per prompt to map batch rows."""
+    signature = inspect.signature(call)
+
+    @functools.wraps(call)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get(STATE) is not None and pipeline_state(self).plans:
+            self._lorakit_before_call(signature.bind_partial(self, *args, **kwargs).arguments)
+        return call(self, *args, **kwargs)
+
+    return __call__
 
 
 def attach(pipe: Any) -> Any:
@@ -71,7 +88,12 @@ def attach(pipe: Any) -> Any:
             new_cls = type(
                 cls.__name__,
                 (mixin, cls),
-                {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "_lorakit_base_class": cls},
+                {
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                    "_lorakit_base_class": cls,
+                    "__call__": _calling(cls.__call__),
+                },
             )
             _ATTACHED[(cls, mixin)] = new_cls
     pipe.__class__ = new_cls
