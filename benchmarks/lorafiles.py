@@ -1,7 +1,8 @@
 """Seeded LoRA files for the benchmark, written once per run.
 
 * ``kohya``: kohya-ss ``networks/lora.py`` layout (``lora_unet_*`` / ``lora_te_*`` / ``lora_te1_*``/``lora_te2_*``,
-  ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``), rank ``size.rank``, alpha = rank / 2, fp32 tensors (the
+  SGM UNet names for SDXL, ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``), written by lorakit's kohya writer
+  (``formats.from_canonical``), rank ``size.rank``, alpha = rank / 2, fp32 tensors (the
   models are fp32; ~76 MB at SD1.5 size), on every Linear / 1×1 conv inside the UNet's transformer blocks (attention, FF, proj_in/out)
   and every Linear of the text encoder(s).
 * ``locon``: the same plus LoCon on the UNet's ResNet blocks and resamplers (3×3 ``conv1``/``conv2``/down/upsampler
@@ -23,6 +24,9 @@ import torch
 from models import Size, build_text_encoder
 from safetensors.torch import save_file
 from torch import nn
+
+from lorakit import formats
+from lorakit.kinds import AdapterKind, LoRA
 
 UNET_TRANSFORMER = ("Transformer2DModel",)
 UNET_CONV = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -91,29 +95,26 @@ def _pair(m: nn.Module, rank: int, g: torch.Generator, dtype: torch.dtype) -> tu
     return down.to(dtype), up.to(dtype)
 
 
-def _kohya_prefix(size: Size, comp: str) -> str:
-    if comp == "unet":
-        return "lora_unet_"
-    if size.family == "sdxl":
-        return "lora_te1_" if comp == "text_encoder" else "lora_te2_"
-    return "lora_te_"
-
-
-def kohya_state_dict(size: Size, seed: int, conv: bool = False, dtype: torch.dtype = torch.float32,
-                     models: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+def kohya_file(size: Size, seed: int, conv: bool = False, dtype: torch.dtype = torch.float32,
+               models: dict[str, nn.Module] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The kohya file's tensors and header, written by lorakit's one kohya writer (``formats.from_canonical``):
+    the family's prefixes (SGM UNet names for SDXL, as sd-scripts writes them), ``.alpha`` = rank / 2 per module,
+    the ``ss_network_*`` / ``ss_base_model_version`` header fields."""
     models = models if models is not None else _meta_models(size)
     g = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
+    adapters: dict[str, dict[str, AdapterKind]] = {}
     rank = size.rank
     for comp, model in models.items():
         targets = unet_targets(model, conv) if comp == "unet" else te_targets(model)
         for path, m in targets:
-            name = _kohya_prefix(size, comp) + file_path(model, comp, path).replace(".", "_")
             down, up = _pair(m, rank, g, dtype)
-            sd[f"{name}.lora_down.weight"] = down.contiguous()
-            sd[f"{name}.lora_up.weight"] = up.contiguous()
-            sd[f"{name}.alpha"] = torch.tensor(rank / 2, dtype=torch.float32)
-    return sd
+            adapters.setdefault(comp, {})[path] = LoRA(down=down.contiguous(), up=up.contiguous(), alpha=rank / 2)
+    return formats.from_canonical(adapters, "kohya", family=size.family)
+
+
+def kohya_state_dict(size: Size, seed: int, conv: bool = False, dtype: torch.dtype = torch.float32,
+                     models: dict[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+    return kohya_file(size, seed, conv, dtype, models)[0]
 
 
 def diffusers_state_dict(size: Size, seed: int, dtype: torch.dtype = torch.float32,
@@ -144,13 +145,12 @@ def write_files(size: Size, folder: str, seed: int = 1234) -> dict[str, str]:
     models = _meta_models(size)  # the module tree only (meta tensors): built once for the three files
     for name in FILES:
         path = os.path.join(folder, f"{size.name}_{name}.safetensors")
+        meta = {"format": "pt"}
         if name == "diffusers":
             sd = diffusers_state_dict(size, seed + 2, models=models)
         else:
-            sd = kohya_state_dict(size, seed + (1 if name == "locon" else 0), conv=name == "locon", models=models)
-        meta = {"format": "pt"}
-        if name != "diffusers":
-            meta.update(ss_network_module="networks.lora", ss_network_dim=str(size.rank), ss_network_alpha=str(size.rank / 2))
+            sd, header = kohya_file(size, seed + (1 if name == "locon" else 0), conv=name == "locon", models=models)
+            meta.update(header)
         save_file(sd, path, metadata=meta)
         out[name] = path
     return out
@@ -162,4 +162,4 @@ def variant(sd: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
     return {k: (v * f if ("lora_up" in k or "lora_B" in k) else v) for k, v in sd.items()}
 
 
-__all__ = ["FILES", "write_files", "kohya_state_dict", "diffusers_state_dict", "variant", "build_text_encoder"]
+__all__ = ["FILES", "write_files", "kohya_file", "kohya_state_dict", "diffusers_state_dict", "variant", "build_text_encoder"]
