@@ -305,3 +305,77 @@ def test_matches_lycoris_forward(algo: str, layer_name: str, kw: dict) -> None:
     assert (unfused - expected).abs().max() <= 1e-5 * scale
     assert (fused - expected).abs().max() <= 1e-5 * scale
     assert math.isfinite(float(scale))
+
+
+# ----------------------------------------------------------------------------------- key vocabulary (the registry)
+def _read_back(tensors: dict[str, torch.Tensor], style: str) -> AdapterKind:
+    """What the registry makes of one module's keys written in ``style``: suffix -> role by the kinds' own
+    vocabularies, the single claiming kind builds itself, alpha applied, the wrappers wrap."""
+    from lorakit import kinds
+    from lorakit.kinds.vocab import KeySource
+
+    by_suffix = {s.text: s.role for k in (*kinds.KINDS, *kinds.WRAPPERS) for s in k.SUFFIXES if s.style == style}
+    roles = {by_suffix[sfx] if sfx != "alpha" else "alpha": t for sfx, t in tensors.items()}
+    claimants = [k for k in kinds.KINDS if k.claims(roles)]
+    assert len(claimants) == 1, claimants
+    alpha = roles.get("alpha")
+    kind = claimants[0].from_roles(roles, KeySource()).with_alpha(None if alpha is None else float(alpha))
+    for wrapper in kinds.WRAPPERS:
+        kind, _ = wrapper.wrap(kind, roles)
+    return kind
+
+
+#: the kinds PEFT has names for: LoRA without a Tucker core, and output-axis DoRA over it
+PEFT_NAMED = {"lora", "dora_lora"}
+
+
+@pytest.mark.parametrize(("kind", "layer_name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_written_tensors_read_back_through_the_registry(kind: str, layer_name: str) -> None:
+    """Each kind writes only suffixes of its own vocabulary, and what it writes rebuilds the same delta (kohya /
+    LyCORIS names always; PEFT names where the kind has them)."""
+    from lorakit.kinds.vocab import KOHYA, PEFT
+
+    layer = LAYERS[layer_name]()
+    g = torch.Generator().manual_seed(sum(map(ord, kind + layer_name)) + 1)
+    adapter, _ = make_kind(kind, layer, g)
+    base = layer.weight.detach()
+    want = adapter.delta_weight(base)
+    assert (adapter.peft_tensors() is None) == (kind not in PEFT_NAMED)
+    for style, tensors in ((KOHYA, adapter.lycoris_tensors()), (PEFT, adapter.peft_tensors())):
+        if tensors is None:
+            continue
+        back = _read_back(dict(tensors), style)
+        if style == PEFT:  # PEFT files carry no alpha: a LoraConfig does; the scale is the caller's
+            back = back.with_alpha(adapter.alpha)
+        assert type(back) is type(adapter) and back.rank == adapter.rank
+        torch.testing.assert_close(back.delta_weight(base), want, rtol=1e-6, atol=1e-7)
+        back.check_fits(base.shape, "m", has_bias=layer.bias is not None)
+
+
+def test_registry_lists_every_kind_once_with_its_vocabulary() -> None:
+    from lorakit import kinds
+
+    listed = [*kinds.KINDS, *kinds.WRAPPERS, *kinds.NOT_APPLIED]
+    assert len(set(listed)) == len(listed)
+    for k in listed:
+        assert k.SUFFIXES and k.display != "adapter" and k.kind_name != "base", k
+    # the recognised kinds are claimed by name, by their own rules (OFT 3-D blocks, BOFT 4-D, (IA)^3 on_input)
+    roles = {"oft_blocks": torch.zeros(2, 4, 4)}
+    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims(roles)] == ["oft"]
+    roles = {"oft_blocks": torch.zeros(2, 2, 4, 4), "rescale": torch.zeros(8, 1)}
+    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims(roles)] == ["boft"]
+    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims({"weight": torch.zeros(4), "on_input": torch.zeros(())})] == ["ia3"]
+    assert not any(k.claims({"weight": torch.zeros(4)}) for k in (*kinds.KINDS, *kinds.NOT_APPLIED))
+
+
+def test_check_fits_norm_layers_and_bias() -> None:
+    from lorakit.errors import ShapeMismatchError
+
+    full = Full(diff=torch.ones(8), diff_b=torch.ones(8))
+    full.check_fits(torch.Size([8]), "norm", norm=True)
+    lora = LoRA(down=torch.zeros(2, 8), up=torch.zeros(8, 2), bias=torch.zeros(8))
+    with pytest.raises(ShapeMismatchError, match="norm layer"):
+        lora.check_fits(torch.Size([8]), "norm", norm=True)
+    with pytest.raises(ShapeMismatchError, match="no bias"):
+        lora.check_fits(torch.Size([8, 8]), "m", has_bias=False)
+    lora.check_fits(torch.Size([8, 8]), "m", has_bias=True)
