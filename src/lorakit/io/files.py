@@ -343,27 +343,31 @@ def _read_safetensors(path: str, display: str) -> tuple[dict[str, Tensor], dict[
 
 
 # ----------------------------------------------------------------------------------------------- pickles
+def _refused(display: str, exc: pickle.UnpicklingError) -> UnsafeFileError:
+    """The error for a pickle that ``weights_only`` refused, naming what it wanted to import."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        detail = f"it imports {found.group(1)}"
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "unsupported content")
+    return UnsafeFileError(
+        f"{display}: refused to unpickle: the file needs code beyond plain tensors ({detail.strip()[:200]}); "
+        "nothing was executed. Convert it to safetensors with a trusted tool if you trust its origin."
+    )
+
+
 def _read_pickle(path: str, display: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" chatter
-            # a file object, not the path: torch routes some extensions (.safetensors) to other readers
-            with open(path, "rb") as f:
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL (\S+)", text)
-        if found:
-            detail = f"it imports {found.group(1)}"
-        else:
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "unsupported content")
-        raise UnsafeFileError(
-            f"{display}: refused to unpickle: the file needs code beyond plain tensors ({detail.strip()[:200]}); "
-            "nothing was executed. Convert it to safetensors with a trusted tool if you trust its origin."
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - torch.load on corrupted bytes raises nearly anything (no lorakit code runs)
-        raise FormatError(f"{display}: not a readable PyTorch checkpoint ({describe(exc)})") from None
+    # a file object, not the path: torch routes some extensions (.safetensors) to other readers
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" chatter
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise _refused(display, exc) from None
+        except Exception as exc:  # noqa: BLE001 - torch.load on corrupted bytes raises nearly anything (no lorakit code runs)
+            raise FormatError(f"{display}: not a readable PyTorch checkpoint ({describe(exc)})") from None
     # common wrappers: {"state_dict": {...}} / {"model": {...}}
     if isinstance(obj, dict) and len(obj) >= 1:
         for wrapper in ("state_dict", "model", "params"):
