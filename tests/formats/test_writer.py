@@ -10,6 +10,7 @@ import pytest
 import real_layouts as L
 import torch
 from formats_models import assert_close, output, tiny_clip, tiny_unet, unet_inputs
+from torch import nn
 
 from lorakit.engine import AdapterManager
 from lorakit.errors import FormatError
@@ -147,3 +148,54 @@ def test_writer_rejects_bad_requests(models):
         from_canonical({"vae": {"a": LoRA(down=rnd(1, 2), up=rnd(2, 1))}}, "kohya")
     with pytest.raises(FormatError):  # malformed kinds surface as lorakit errors
         from_canonical({"unet": {"a": LoRA(down=torch.zeros(()), up=torch.zeros(()))}}, "kohya")
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj_out = nn.Linear(8, 8)
+
+
+class _Tree(nn.Module):
+    """``proj_out`` at the top and in every block (as Flux has): a bare pattern key ``proj_out`` would hit them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj_out = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b.proj_out(x)
+        return self.proj_out(x)
+
+
+def test_peft_patterns_name_one_module_each_in_lorakit_and_peft():
+    """rank / alpha patterns of paths that are suffixes of other paths reload with identical scales in lorakit and in
+    PEFT 0.21.2 (formats.write.peft_config: anchored, escaped keys)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    torch.manual_seed(0)
+    tree = _Tree()
+    adapters = {
+        "proj_out": LoRA(down=rnd(2, 8), up=rnd(8, 2), alpha=8.0),
+        "blocks.0.proj_out": LoRA(down=rnd(4, 8), up=rnd(8, 4), alpha=1.0),
+        "blocks.1.proj_out": LoRA(down=rnd(4, 8), up=rnd(8, 4), alpha=1.0),
+    }
+    x = torch.randn(3, 8, generator=G)
+    base = tree(x)
+    ref = copy.deepcopy(tree)
+    mgr = AdapterManager(tree)
+    mgr.add_adapter("x", adapters)
+    ours = tree(x)
+    sd, meta = from_canonical({"unet": adapters}, "diffusers")
+    cfg = {k.removeprefix("unet."): v for k, v in json.loads(meta["lora_adapter_metadata"]).items()}
+    assert cfg["r"] == 4 and len(cfg["rank_pattern"]) == 1 and len(cfg["alpha_pattern"]) == 1
+    # lorakit reads its own file back with the same scales
+    back = to_canonical(sd, meta, {"unet": copy.deepcopy(ref)}, strict=True).adapters["unet"]
+    assert {p: k.scale for p, k in back.items()} == {p: k.scale for p, k in adapters.items()}
+    # PEFT builds the same adapters from the config and the tensors
+    inject_adapter_in_model(LoraConfig(**cfg), ref, adapter_name="default")
+    set_peft_model_state_dict(ref, {k.removeprefix("unet."): v for k, v in sd.items()}, adapter_name="default")
+    with torch.no_grad():
+        assert_close(ref(x), ours, base)
