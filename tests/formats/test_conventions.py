@@ -397,3 +397,20 @@ def test_sd35_dual_attention_qkv_split():
         "transformer_blocks.0.attn2.to_q", "transformer_blocks.0.attn2.to_k", "transformer_blocks.0.attn2.to_v",
         "transformer_blocks.0.attn2.to_out.0",
     }
+
+
+def test_keys_a_kind_does_not_use_are_reported_not_swallowed(sd1):
+    """A module's keys outside its kind's vocabulary (a plain bias, an OFT rescale next to a LoRA) are reported one
+    by one; the LoRA itself loads."""
+    sd: dict = {}
+    name = f"lora_unet_{ATT.replace('.', '_')}_attn1_to_q"
+    lora(sd, name, 8, 8, alpha=1.0)
+    sd[f"{name}.bias"] = rnd(8)
+    sd[f"{name}.rescale"] = rnd(8, 1)
+    conv = to_canonical(sd, None, sd1)
+    rep = conv.report
+    assert f"{ATT}.attn1.to_q" in conv.adapters["unet"]
+    assert rep.matched_keys == 3 and rep.total_keys == 5
+    by = {s.key: s for s in rep.skipped}
+    assert by[f"{name}.bias"].reason == R.UNRECOGNISED
+    assert by[f"{name}.rescale"].reason == R.UNSUPPORTED_KIND and "OFT" in by[f"{name}.rescale"].detail
