@@ -36,6 +36,8 @@ __all__ = [
     "BatchLayoutError",
     "DestinationError",
     "PerSampleError",
+    "CliError",
+    "PromptTagError",
     "summarize",
     "closest",
     "did_you_mean",
@@ -162,3 +164,11 @@ class PerSampleError(LorakitError, RuntimeError):
 
 class BatchLayoutError(PerSampleError, ValueError):
     """A batch's rows cannot be mapped to the samples of a per-sample plan."""
+
+
+class CliError(LorakitError):
+    """A command-line level problem (bad option value, nothing to do) reported as one line."""
+
+
+class PromptTagError(LorakitError, ValueError):
+    """A ``<lora:...>`` tag is malformed, or two tags / files name the same LoRA with different weights."""

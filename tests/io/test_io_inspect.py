@@ -114,10 +114,7 @@ def test_only_alpha_tensors_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({f"{ATTN}.attn2.processor.to_k_lora.down.weight": (4, 768)}, {}, "SD1"),
         ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (8, 2048)}, {}, "SDXL"),
         ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (8, 768)}, {}, "SD1"),
-        pytest.param(
-            {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.hada_w1_b": (8, 1024)}, {}, "SD2",
-            marks=pytest.mark.xfail(strict=True, reason="families.detect reads no LoHa (hada_w*_b) widths yet"),
-        ),
+        ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.hada_w1_b": (8, 1024)}, {}, "SD2"),
         ({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (16, 1536)}, {}, "SD3"),
         ({"transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight": (4, 1536)}, {}, "SD3"),
         ({"lora_transformer_transformer_blocks_0_attn_add_k_proj.lora_down.weight": (4, 1536)}, {}, "SD3"),
@@ -148,14 +145,13 @@ def test_family_detection(shapes: dict[str, tuple[int, ...]], metadata: dict[str
 
 
 def test_a_family_the_detector_leaves_open_comes_from_the_reference_model() -> None:
-    """A LoHa file gives the detector no width to read; inspect names the family whose reference model its keys
-    fit (SD2: cross-attention width 1024) and says so."""
+    """A LoKr file gives the detector no width to read (its Kronecker factors are fractions of the weight); inspect
+    names the family whose reference model its keys fit (SD2: cross-attention width 1024) and says so."""
     key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     g = torch.Generator().manual_seed(0)
-    sd = {f"{key}.hada_w{i}_a": torch.randn(320, 4, generator=g) for i in (1, 2)}
-    sd.update({f"{key}.hada_w{i}_b": torch.randn(4, 1024, generator=g) for i in (1, 2)})
+    sd = {f"{key}.lokr_w1": torch.randn(16, 32, generator=g), f"{key}.lokr_w2": torch.randn(20, 32, generator=g)}
     rep = inspect(sd)
-    assert rep.kinds == {"loha": 1}
+    assert rep.kinds == {"lokr": 1}
     assert rep.family == "SD2" and "reference model" in rep.family_evidence
 
 

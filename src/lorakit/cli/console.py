@@ -15,14 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from ..errors import LorakitError
+from ..errors import CliError, LorakitError
 from ..report import LoadReport
 
 __all__ = ["CliError", "Console", "logging_for", "one_line", "report_lines"]
-
-
-class CliError(LorakitError):
-    """A command-line level problem (bad option value, nothing to do) reported as one line."""
 
 
 class Console:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LorakitError, SourceNotFoundError, did_you_mean, summarize
+from ..errors import PromptTagError, SourceNotFoundError, did_you_mean, summarize
 
 __all__ = [
     "LORA_EXTENSIONS",
@@ -54,10 +54,6 @@ LORA_EXTENSIONS: tuple[str, ...] = (".safetensors", ".pt", ".ckpt", ".bin", ".pt
 _TAG = re.compile(r"<\s*(lora|lyco)\s*:([^<>]*)>", re.IGNORECASE)
 _OPEN = re.compile(r"<\s*(lora|lyco)\s*:", re.IGNORECASE)
 _NAMED_KEYS = {"unet": "unet", "transformer": "unet", "denoiser": "unet", "te": "te", "tenc": "te", "text_encoder": "te"}
-
-
-class PromptTagError(LorakitError, ValueError):
-    """A ``<lora:...>`` tag is malformed, or two tags / files name the same LoRA with different weights."""
 
 
 @dataclass(frozen=True, slots=True)

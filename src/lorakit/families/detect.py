@@ -20,7 +20,11 @@ __all__ = ["Guess", "candidates", "from_header", "from_keys", "of_components"]
 
 #: module-name words of the UNet families (diffusers and SGM spellings)
 _UNET_WORDS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block", "conv_in")
-_DOWN = re.compile(r"(lora_A(\.[\w-]+)?\.weight|lora\.down\.weight|lora_linear_layer\.down\.weight|lora_down\.weight|_lora\.down\.weight)$")
+#: the tensors whose second dimension is the module's input width (LoRA down factors, LoHa's w*_b factors)
+_DOWN = re.compile(
+    r"(lora_A(\.[\w-]+)?\.weight|lora\.down\.weight|lora_linear_layer\.down\.weight|lora_down\.weight|_lora\.down\.weight"
+    r"|hada_w[12]_b)$"
+)
 _CROSS_KV = re.compile(r"attn2[._](processor[._])?to_[kv][._]")
 _TE_Q = re.compile(r"self_attn[._](processor[._])?(q_proj|to_q)")
 _TE_PREFIXES = ("text_encoder.", "lora_te_", "lora_te1_", "lora_te.")
