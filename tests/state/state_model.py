@@ -51,13 +51,19 @@ Semantics the reference encodes (the intended ones of issue 11; some differ from
   contributions × s; fused ones unaffected.
 
 Checks after every step: every component's output within ``TOL`` (relative to max(1, max|ref|)); wherever nothing
-is fused in a component (or the pipeline is disabled) all its parameters are bit-identical to the base; where
-something is fused the weights of the targeted modules are ≈ base + fused deltas and all others bit-identical.
+is fused in a component (or the pipeline is disabled) the weights and biases of every module any file targets are
+bit-identical to the base; where something is fused those weights are ≈ base + fused deltas. After an unload and
+at the end of each sequence every parameter and buffer of each component is checked the same way.
 
-Rule choice is weighted toward the rare transitions (fuse, disable, delete, hotswap, enable, unload). On a failure
-the sequence is shrunk (steps removed while the same kind of failure remains) and printed as code.
+Driver: seeded random sequences (8-25 steps) rather than hypothesis, so that the count is an exact setting, a
+failure names a seed that replays it, and the failing sequence prints as plain calls. Rule choice is weighted toward
+the rare transitions (fuse, disable, delete, hotswap, enable; unload now and then), and only calls valid in the
+reference state are generated (loaded names, free names, same-structure hotswaps). On a failure the sequence is
+shrunk (steps removed while a failure of the same step kind, check and component remains) and printed as code.
 
-Run many sequences / list distinct failures: ``python tests/state/state_model.py --family sd1 -n 5000 --all``.
+Run many sequences / list distinct failures: ``python tests/state/state_model.py --family sd1 -n 5000 --all``;
+re-run one reported sequence: ``... --family sd1 --sequence-seed N``. A file ``F3_v1`` of a report is
+``Harness("sd1").file("F3", 1).state_dict``.
 Exploration knobs (environment): ``LORAKIT_STATE_LOAD=additive`` (above), ``LORAKIT_STATE_SKIP=disable,unload``
 (operations never generated, to look past a known bug; ``fuse@disabled``: not while disabled),
 ``LORAKIT_STATE_TOL`` (default 1e-5).
@@ -1141,12 +1147,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--all", action="store_true", help="go on after a failure; report each distinct signature once")
     ap.add_argument("--shrink", type=int, default=300, help="replay budget of the shrinker")
+    ap.add_argument("--sequence-seed", type=int, help="re-run the one sequence a failure report names (and shrink it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import logging
 
     for name in ("diffusers", "transformers", "peft", "lorakit"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    if args.sequence_seed is not None:
+        h = Harness((args.family or ["sd1"])[0])
+        done, f = random_sequence(h, args.sequence_seed)
+        if f is None:
+            print(f"{len(done)} steps, no failure:\n" + "\n".join(f"{i:>3}. {st}" for i, st in enumerate(done, 1)))
+            return 0
+        print(f.render(h), "\n\nshrunk:\n" + h.shrink(f, args.shrink).render(h), sep="")
+        return 1
     bad = 0
     for fam in args.family or list(FAMILIES):
         t = time.time()
