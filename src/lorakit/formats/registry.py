@@ -36,8 +36,6 @@ class Layout:
     description: str
     prefix_families: frozenset[str]
     styles: frozenset[str]
-    #: extra condition on a parsed key (role, style, attnproc), e.g. attention-processor keys only
-    accept: Callable[[str, str, bool], bool] | None = None
     #: header fields that identify the layout (each adds to the confidence)
     header_keys: tuple[str, ...] = ()
     #: whether the header's PEFT LoraConfig (``lora_adapter_metadata`` / ``adapter_config``) states the rank of each
@@ -60,8 +58,6 @@ class Layout:
         if prefix.family not in self.prefix_families:
             return None
         if style != NEUTRAL and style not in self.styles:
-            return None
-        if self.accept is not None and not self.accept(role, style, attnproc):
             return None
         if prefix.family == "embedding":
             rest = rest.split(".", 1)[0]
