@@ -40,11 +40,14 @@ Semantics the reference encodes (the intended ones of issue 11; some differ from
 * ``disable_lora()`` (pipeline level): outputs equal the current base whatever happens while disabled (fuse, load,
   delete, hotswap, set_adapters); ASSUMPTION (``BITS_WHILE_DISABLED``): the parameters are then also the base bit
   for bit (lorakit parks fused tensors). ``enable_lora()`` shows exactly the current fused + active state.
-* ``delete_adapters(names)``: gone everywhere, fused set included (weights = base + the remaining fused).
+* ``delete_adapters(names)``: gone everywhere, fused set included (weights = base + the remaining fused); the
+  other adapters' activity is unchanged, so deleting a component's only active adapter leaves none active
+  (``LORAKIT_STATE_DELETE=reactivate``: the first remaining one, as PEFT does).
 * ``load_lora_weights(F_v, adapter_name=n, hotswap=True)`` for a loaded ``n`` of the same structure: tensors
   replaced; activity, weights and fused status stay (fused weights then use the new tensors).
 * ``unload_lora_weights()``: every adapter removed; ASSUMPTION: fused adapters stay baked into the weights (as
-  diffusers), also when the pipeline is disabled at that moment (the new base = base + Σ fused); enabled afterwards.
+  diffusers), also when the pipeline is disabled at that moment (the new base = base + Σ fused;
+  ``LORAKIT_STATE_UNLOAD_DISABLED=base``: nothing baked when disabled); enabled afterwards.
   The bit-exact base of a baked module is then the tensor lorakit left (after checking it ≈ the formula).
 * a call with a call-time scale ``s`` (denoiser ``cross_attention_kwargs`` / ``joint_attention_kwargs``
   ``{"scale": s}``; text encoders through ``pipe.encode_prompt(..., lora_scale=s)``): unfused active
@@ -112,6 +115,11 @@ TOL = float(os.environ.get("LORAKIT_STATE_TOL", "1e-5"))
 #: see the module docstring: while disabled, parameters must be the base bit for bit
 BITS_WHILE_DISABLED = True
 LOAD_SEMANTICS = os.environ.get("LORAKIT_STATE_LOAD", "diffusers")  # or "additive"
+#: ASSUMPTION (the lead's call): unload while disabled bakes the fused adapters ("bake") or leaves the base ("base")
+UNLOAD_DISABLED = os.environ.get("LORAKIT_STATE_UNLOAD_DISABLED", "bake")
+#: ASSUMPTION: deleting a component's last active adapter leaves none active ("keep", the brief) or activates the
+#: first remaining one in load order, at its last weight, as PEFT does ("reactivate")
+DELETE_SEMANTICS = os.environ.get("LORAKIT_STATE_DELETE", "keep")
 #: exploration knob: operations never generated (comma-separated op names, e.g. "disable,hotswap"; "fuse@disabled":
 #: not while the pipeline is disabled)
 SKIP_OPS = frozenset(o for o in os.environ.get("LORAKIT_STATE_SKIP", "").split(",") if o)
@@ -624,10 +632,13 @@ class Delete(Step):
         for n in self.names:
             del s.adapters[n]
             for c in s.comps:
-                if n in s.active[c]:
+                was_active = n in s.active[c]
+                if was_active:
                     s.active[c].remove(n)
                 s.weights[c].pop(n, None)
                 s.fused[c].pop(n, None)
+                if DELETE_SEMANTICS == "reactivate" and was_active and not s.active[c] and s.loaded_in(c):
+                    s.active[c] = [s.loaded_in(c)[0]]
 
     def __str__(self) -> str:
         return f"pipe.delete_adapters({_q(self.names[0]) if self.as_str else _q(list(self.names))})"
@@ -642,7 +653,8 @@ class Unload(Step):
 
     def update(self, h: Harness, s: RefState) -> None:
         for c in s.comps:
-            s.baked[c] += s.fused_contribs(c)  # ASSUMPTION: baked even when disabled (module docstring)
+            if s.enabled or UNLOAD_DISABLED == "bake":  # ASSUMPTION (module docstring)
+                s.baked[c] += s.fused_contribs(c)
             s.fused[c].clear()
             s.active[c] = []
             s.weights[c].clear()

@@ -14,8 +14,9 @@ per-component numbers (no block dicts), ``fuse_lora`` at ``lora_scale=1`` of the
 * call-time scale 0: diffusers' ``unscale_lora_layers`` then resets every adapter weight to 1.0;
 * text-encoder loads after ``encode_prompt(lora_scale=s)``: diffusers keeps ``pipe._lora_scale = s`` and starts
   every later text-encoder adapter at weight s; the test resets that attribute after each step;
-* deleting the last active adapter of a component that still holds others: PEFT then activates the first
-  remaining one (the reference leaves the component with no active adapter); such deletes delete everything;
+* deleting the last adapter of a component's PEFT active list (the names last given to ``set_adapters``, loaded
+  there or not) while the component holds others: PEFT then activates the first remaining one (the reference
+  leaves the component with no active adapter); such deletes delete everything;
 * hotswap, block weights, kohya / LoHa files: not part of this comparison (the main state test covers them).
 
 After every step: diffusers vs the reference of ``state_model`` and lorakit vs diffusers, within ``PARITY_TOL``.
@@ -66,8 +67,23 @@ def parity_files(h: sm.Harness) -> list[str]:
 class ParityGenerator:
     def __init__(self, h: sm.Harness, rng: random.Random) -> None:
         self.h, self.rng, self.files = h, rng, parity_files(h)
+        #: per component, the adapter list PEFT's layers hold as active (set_adapters names, loaded there or not)
+        self.peft_active: dict[str, list[str]] = {c: [] for c in h.comps}
 
     def next(self, s: sm.RefState) -> sm.Step:
+        step = self._next(s)
+        if isinstance(step, sm.Load):
+            for c in self.h.spec(step.file).components():
+                self.peft_active[c] = [step.name]
+        elif isinstance(step, sm.SetAdapters):
+            self.peft_active = {c: list(step.names) for c in self.h.comps}
+        elif isinstance(step, sm.Delete):
+            self.peft_active = {c: [n for n in v if n not in step.names] for c, v in self.peft_active.items()}
+        elif isinstance(step, sm.Unload):
+            self.peft_active = {c: [] for c in self.h.comps}
+        return step
+
+    def _next(self, s: sm.RefState) -> sm.Step:
         rng = self.rng
         loaded = list(s.adapters)
         free = [n for n in sm.NAMES if n not in s.adapters]
@@ -107,9 +123,9 @@ class ParityGenerator:
         if op == "delete":
             names = rng.sample(loaded, rng.randint(1, len(loaded)))
             for c in s.comps:  # PEFT would activate another adapter here (see the module docstring)
-                left_active = [n for n in s.active[c] if n not in names]
+                held = self.peft_active[c]
                 left_loaded = [n for n in s.loaded_in(c) if n not in names]
-                if len(left_active) < len(s.active[c]) and not left_active and left_loaded:
+                if any(n in held for n in names) and not [n for n in held if n not in names] and left_loaded:
                     names = loaded
             return sm.Delete(tuple(names), as_str=len(names) == 1 and rng.random() < 0.5)
         if op == "call":
