@@ -414,3 +414,20 @@ def test_keys_a_kind_does_not_use_are_reported_not_swallowed(sd1):
     by = {s.key: s for s in rep.skipped}
     assert by[f"{name}.bias"].reason == R.UNRECOGNISED
     assert by[f"{name}.rescale"].reason == R.UNSUPPORTED_KIND and "OFT" in by[f"{name}.rescale"].detail
+
+
+def test_every_kind_suffix_parses_to_its_own_role():
+    """The suffix table is the kinds' vocabularies: each suffix of each style names its kind's role (no spelling is
+    shadowed by another kind's), with the style's joiner and PEFT's optional adapter-name segment."""
+    from lorakit import kinds
+    from lorakit.formats.keys import ATTNPROC, PEFT, split_suffix
+
+    for s in kinds.vocabulary():
+        joiner = "_" if s.style == ATTNPROC else "."
+        keys = [f"unet.down_blocks.0.resnets.0.conv1{joiner}{s.text}"]
+        if s.style == PEFT and "." in s.text:
+            head, _, rest = s.text.partition(".")
+            keys.append(f"unet.down_blocks.0.resnets.0.conv1.{head}.default.{rest}")
+        for key in keys:
+            got = split_suffix(key)
+            assert got is not None and got[0] == "unet.down_blocks.0.resnets.0.conv1" and got[1] == s.role, (key, got)

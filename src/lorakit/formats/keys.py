@@ -4,12 +4,15 @@ A key is ``<prefix><module name><joiner><suffix>``. The suffix names the tensor'
 style (see :mod:`lorakit.kinds.vocab`); the suffix table is built from the kinds' own vocabularies
 (``lorakit.kinds.vocabulary()``), plus the few layout-neutral suffixes below. This module knows how each style is
 *spelled* (its joiner, PEFT's optional adapter-name segment); what the suffixes mean belongs to the kinds. The prefix
-names the component scope and the naming scheme. Layouts (``registry``) are combinations of prefixes and styles.
+names the component scope and the naming scheme; each layout module declares the prefixes of its families
+(``Layout.prefixes``, made known here at registration). Layouts (``registry``) are combinations of prefix families
+and styles.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .. import kinds
@@ -20,12 +23,14 @@ __all__ = [
     "INTERMEDIATE",
     "KOHYA",
     "NEUTRAL",
+    "NO_PREFIX",
     "PEFT",
-    "PREFIXES",
     "ParsedKey",
     "Prefix",
     "SCALAR_ROLES",
     "PLAIN_ROLES",
+    "add_prefixes",
+    "prefixes",
     "split_prefix",
     "split_suffix",
 ]
@@ -126,42 +131,34 @@ class Prefix:
     family: str
 
 
-PREFIXES: list[Prefix] = [
-    Prefix("base_model.model.", None, "dotted", "peft"),
-    Prefix("lora_unet_", "denoiser", "underscored", "kohya"),
-    Prefix("lora_te1_", "text_encoder", "underscored", "kohya"),
-    Prefix("lora_te2_", "text_encoder_2", "underscored", "kohya"),
-    Prefix("lora_te3_", "text_encoder_3", "underscored", "kohya"),
-    Prefix("lora_te_", "text_encoder", "underscored", "kohya"),
-    Prefix("lora_transformer_", "transformer", "underscored", "onetrainer"),
-    Prefix("lycoris_", "denoiser", "underscored", "lycoris"),
-    Prefix("oft_unet_", "denoiser", "underscored", "oft"),
-    Prefix("bundle_emb.", None, "dotted", "embedding"),
-    Prefix("text_encoders.clip_l.transformer.", "text_encoder", "dotted", "comfy"),
-    Prefix("text_encoders.clip_g.transformer.", "text_encoder_2", "dotted", "comfy"),
-    Prefix("text_encoders.t5xxl.transformer.", "text_encoder_3", "dotted", "comfy"),
-    Prefix("text_encoders.clip_l.", "text_encoder", "dotted", "comfy"),
-    Prefix("text_encoders.clip_g.", "text_encoder_2", "dotted", "comfy"),
-    Prefix("text_encoders.t5xxl.", "text_encoder_3", "dotted", "comfy"),
-    Prefix("diffusion_model.", "denoiser", "dotted", "comfy"),
-    Prefix("unet.", "unet", "dotted", "component"),
-    Prefix("transformer.", "transformer", "dotted", "component"),
-    Prefix("text_encoder.", "text_encoder", "dotted", "component"),
-    Prefix("text_encoder_2.", "text_encoder_2", "dotted", "component"),
-    Prefix("text_encoder_3.", "text_encoder_3", "dotted", "component"),
-    Prefix("clip_l.", "text_encoder", "dotted", "omi"),
-    Prefix("clip_g.", "text_encoder_2", "dotted", "omi"),
-    Prefix("t5.", "text_encoder_3", "dotted", "omi"),
-    Prefix("", None, "dotted", "none"),
-]
+#: no prefix at all (a module's own state dict): family "none", resolved against every component
+NO_PREFIX = Prefix("", None, "dotted", "none")
+#: every registered prefix, longest first (so ``lora_te1_`` wins over ``lora_te_`` whatever the registration order)
+_PREFIXES: list[Prefix] = []
+
+
+def add_prefixes(prefixes: Iterable[Prefix]) -> None:
+    """Make prefixes known (a layout's, at registration); one text names one scope and family."""
+    for p in prefixes:
+        old = next((q for q in _PREFIXES if q.text == p.text), None)
+        if old is not None and old != p:
+            raise ValueError(f"prefix {p.text!r} is registered twice with different meanings: {old} and {p}")
+        if old is None and p.text:
+            _PREFIXES.append(p)
+    _PREFIXES.sort(key=lambda q: -len(q.text))
+
+
+def prefixes() -> tuple[Prefix, ...]:
+    """The registered prefixes, longest first, then :data:`NO_PREFIX`."""
+    return (*_PREFIXES, NO_PREFIX)
 
 
 def split_prefix(name: str) -> tuple[Prefix, str]:
-    """The first matching prefix of a module name and the rest."""
-    for p in PREFIXES:
+    """The longest matching prefix of a module name and the rest (:data:`NO_PREFIX` when none matches)."""
+    for p in _PREFIXES:
         if name.startswith(p.text) and len(name) > len(p.text):
             return p, name[len(p.text) :]
-    return PREFIXES[-1], name
+    return NO_PREFIX, name
 
 
 @dataclass(frozen=True, slots=True)

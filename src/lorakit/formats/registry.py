@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import FormatError, did_you_mean
 from ..families import Family
 from ..kinds import AdapterKind
-from .keys import NEUTRAL, ParsedKey, Prefix, split_prefix, split_suffix
+from .keys import NEUTRAL, ParsedKey, Prefix, add_prefixes, split_prefix, split_suffix
 
 #: canonical adapters of one file: component -> module path -> kind
 Adapters = Mapping[str, Mapping[str, AdapterKind]]
@@ -36,6 +36,8 @@ class Layout:
     description: str
     prefix_families: frozenset[str]
     styles: frozenset[str]
+    #: the key prefixes of the families this layout is the home of (other layouts may claim the same families)
+    prefixes: tuple[Prefix, ...] = ()
     #: header fields that identify the layout (each adds to the confidence)
     header_keys: tuple[str, ...] = ()
     #: whether the header's PEFT LoraConfig (``lora_adapter_metadata`` / ``adapter_config``) states the rank of each
@@ -99,6 +101,7 @@ def register(layout: Layout) -> Layout:
     """Append a layout to the registry (order matters: detection order, and the first claim wins)."""
     if layout.name in _BY_NAME:
         raise ValueError(f"layout {layout.name!r} is registered twice")
+    add_prefixes(layout.prefixes)
     REGISTRY.append(layout)
     _BY_NAME[layout.name] = layout
     return layout

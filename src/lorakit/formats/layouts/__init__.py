@@ -2,8 +2,8 @@
 
 :data:`ORDER` is the registration order: detection order, and the order in which layouts claim keys (the first claim
 wins). It is written out here, not left to import order. Adding a layout: a :class:`~lorakit.formats.registry.Layout`
-(with its writer, if lorakit writes it) in one of these modules or a new one, and its place in :data:`ORDER`; new key
-prefixes go into ``formats.keys.PREFIXES``.
+(with its key prefixes, and its writer if lorakit writes it) in one of these modules or a new one, and its place in
+:data:`ORDER`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ not write them.
 
 from __future__ import annotations
 
-from ..keys import INTERMEDIATE, KOHYA, PEFT
+from ..keys import INTERMEDIATE, KOHYA, PEFT, Prefix
 from ..registry import Layout
 
 COMFYUI = Layout(
@@ -17,6 +17,12 @@ COMFYUI = Layout(
     description="ComfyUI-native: diffusion_model.<original name>, text_encoders.<clip>.transformer.<name>",
     prefix_families=frozenset({"comfy"}),
     styles=frozenset({KOHYA, PEFT, INTERMEDIATE}),
+    prefixes=(
+        *(Prefix(f"text_encoders.{clip}.{t}", comp, "dotted", "comfy")
+          for clip, comp in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"), ("t5xxl", "text_encoder_3"))
+          for t in ("transformer.", "")),
+        Prefix("diffusion_model.", "denoiser", "dotted", "comfy"),
+    ),
 )
 
 OMI = Layout(
@@ -24,6 +30,11 @@ OMI = Layout(
     description="OneTrainer OMI key sets: clip_l./clip_g./t5. (+ unet./transformer. with original names)",
     prefix_families=frozenset({"omi"}),
     styles=frozenset({KOHYA, PEFT}),
+    prefixes=(
+        Prefix("clip_l.", "text_encoder", "dotted", "omi"),
+        Prefix("clip_g.", "text_encoder_2", "dotted", "omi"),
+        Prefix("t5.", "text_encoder_3", "dotted", "omi"),
+    ),
 )
 
 DOTTED_KOHYA = Layout(

@@ -11,7 +11,7 @@ import json
 from torch import Tensor
 
 from ...families import Family
-from ..keys import ATTNPROC, INTERMEDIATE, PEFT
+from ..keys import ATTNPROC, INTERMEDIATE, PEFT, Prefix
 from ..registry import Adapters, Layout
 from ..write import peft_config, peft_describable
 
@@ -39,6 +39,13 @@ def write(adapters: Adapters, family: Family | None) -> tuple[dict[str, Tensor],
     return sd, header
 
 
+#: ``<component>.``: the pipeline's component names (family "component", shared with the intermediate,
+#: attention-processor and dotted-kohya layouts)
+COMPONENT_PREFIXES = tuple(
+    Prefix(f"{c}.", c, "dotted", "component")
+    for c in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+)
+
 DIFFUSERS = Layout(
     name="diffusers",
     description="diffusers PEFT-style: <component>.<module>.lora_A/lora_B.weight (+ lora_B.bias, lora_magnitude_vector)",
@@ -47,6 +54,7 @@ DIFFUSERS = Layout(
     header_keys=("lora_adapter_metadata",),
     header_config=True,
     writer=write,
+    prefixes=COMPONENT_PREFIXES,
 )
 
 INTERMEDIATE_LAYOUT = Layout(

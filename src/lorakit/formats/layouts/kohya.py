@@ -19,7 +19,7 @@ from ...errors import FormatError, summarize
 from ...families import Family, detect
 from ...targets import build_index, reference_components, sd_unet
 from ...targets import clip as clip_targets
-from ..keys import KOHYA, PEFT
+from ..keys import KOHYA, PEFT, Prefix
 from ..registry import Adapters, Layout
 
 #: families whose kohya files name the UNet's modules after the original SGM code (sd-scripts' SDXL trainer; SD1/SD2
@@ -91,6 +91,13 @@ KOHYA_LAYOUT = Layout(
     styles=frozenset({KOHYA, PEFT}),
     header_keys=("ss_network_module", "ss_network_dim", "ss_network_alpha"),
     writer=write,
+    prefixes=(
+        Prefix("lora_unet_", "denoiser", "underscored", "kohya"),
+        Prefix("lora_te_", "text_encoder", "underscored", "kohya"),
+        Prefix("lora_te1_", "text_encoder", "underscored", "kohya"),
+        Prefix("lora_te2_", "text_encoder_2", "underscored", "kohya"),
+        Prefix("lora_te3_", "text_encoder_3", "underscored", "kohya"),
+    ),
 )
 
 ONETRAINER = Layout(
@@ -98,6 +105,7 @@ ONETRAINER = Layout(
     description="OneTrainer legacy SD3: lora_transformer_ + underscored diffusers names",
     prefix_families=frozenset({"onetrainer"}),
     styles=frozenset({KOHYA, PEFT}),
+    prefixes=(Prefix("lora_transformer_", "transformer", "underscored", "onetrainer"),),
 )
 
 LYCORIS = Layout(
@@ -105,6 +113,7 @@ LYCORIS = Layout(
     description="LyCORIS create_lycoris: lycoris_ + underscored diffusers names",
     prefix_families=frozenset({"lycoris"}),
     styles=frozenset({KOHYA, PEFT}),
+    prefixes=(Prefix("lycoris_", "denoiser", "underscored", "lycoris"),),
 )
 
 KOHYA_OFT = Layout(
@@ -112,6 +121,7 @@ KOHYA_OFT = Layout(
     description="kohya OFT (sd-scripts networks.oft): oft_unet_ + underscored names, oft_blocks + .alpha",
     prefix_families=frozenset({"oft"}),
     styles=frozenset({KOHYA}),
+    prefixes=(Prefix("oft_unet_", "denoiser", "underscored", "oft"),),
 )
 
 EMBEDDING = Layout(
@@ -119,6 +129,7 @@ EMBEDDING = Layout(
     description="embedded textual inversions bundle_emb.<token>.* (not adapter weights)",
     prefix_families=frozenset({"embedding"}),
     styles=frozenset({KOHYA, PEFT}),
+    prefixes=(Prefix("bundle_emb.", None, "dotted", "embedding"),),
 )
 
 LAYOUTS: tuple[Layout, ...] = (KOHYA_LAYOUT, ONETRAINER, LYCORIS, KOHYA_OFT, EMBEDDING)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ...errors import FormatError
 from ...families import Family
-from ..keys import INTERMEDIATE, KOHYA, PEFT
+from ..keys import INTERMEDIATE, KOHYA, PEFT, Prefix
 from ..registry import Adapters, Layout
 from ..write import peft_config, peft_describable
 
@@ -48,6 +48,7 @@ RAW_PEFT = Layout(
     header_keys=("adapter_config", "peft_type"),
     header_config=True,
     writer=write,
+    prefixes=(Prefix(PREFIX, None, "dotted", "peft"),),
 )
 
 LAYOUTS: tuple[Layout, ...] = (RAW_PEFT,)
