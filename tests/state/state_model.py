@@ -41,13 +41,14 @@ Semantics the reference encodes (the intended ones of issue 11; some differ from
   delete, hotswap, set_adapters); ASSUMPTION (``BITS_WHILE_DISABLED``): the parameters are then also the base bit
   for bit (lorakit parks fused tensors). ``enable_lora()`` shows exactly the current fused + active state.
 * ``delete_adapters(names)``: gone everywhere, fused set included (weights = base + the remaining fused); the
-  other adapters' activity is unchanged, so deleting a component's only active adapter leaves none active
-  (``LORAKIT_STATE_DELETE=reactivate``: the first remaining one, as PEFT does).
+  other adapters' activity is unchanged, except that deleting a component's only active adapter makes the first
+  remaining one (load order) active, as PEFT does and diffusers users see (``LORAKIT_STATE_DELETE=keep``: none
+  stays active).
 * ``load_lora_weights(F_v, adapter_name=n, hotswap=True)`` for a loaded ``n`` of the same structure: tensors
   replaced; activity, weights and fused status stay (fused weights then use the new tensors).
-* ``unload_lora_weights()``: every adapter removed; ASSUMPTION: fused adapters stay baked into the weights (as
-  diffusers), also when the pipeline is disabled at that moment (the new base = base + Σ fused;
-  ``LORAKIT_STATE_UNLOAD_DISABLED=base``: nothing baked when disabled); enabled afterwards.
+* ``unload_lora_weights()``: every adapter removed; what the model computes stays, minus the unfused adapters:
+  fused adapters stay baked into the weights while enabled (as diffusers; the new base = base + Σ fused), a
+  disabled pipeline keeps its base (``LORAKIT_STATE_UNLOAD_DISABLED=bake``: baked even then); enabled afterwards.
   The bit-exact base of a baked module is then the tensor lorakit left (after checking it ≈ the formula).
 * a call with a call-time scale ``s`` (denoiser ``cross_attention_kwargs`` / ``joint_attention_kwargs``
   ``{"scale": s}``; text encoders through ``pipe.encode_prompt(..., lora_scale=s)``): unfused active
@@ -115,11 +116,11 @@ TOL = float(os.environ.get("LORAKIT_STATE_TOL", "1e-5"))
 #: see the module docstring: while disabled, parameters must be the base bit for bit
 BITS_WHILE_DISABLED = True
 LOAD_SEMANTICS = os.environ.get("LORAKIT_STATE_LOAD", "diffusers")  # or "additive"
-#: ASSUMPTION (the lead's call): unload while disabled bakes the fused adapters ("bake") or leaves the base ("base")
-UNLOAD_DISABLED = os.environ.get("LORAKIT_STATE_UNLOAD_DISABLED", "bake")
-#: ASSUMPTION: deleting a component's last active adapter leaves none active ("keep", the brief) or activates the
-#: first remaining one in load order, at its last weight, as PEFT does ("reactivate")
-DELETE_SEMANTICS = os.environ.get("LORAKIT_STATE_DELETE", "keep")
+#: the lead's call: unload while disabled leaves the base ("base", default) or bakes the fused adapters ("bake")
+UNLOAD_DISABLED = os.environ.get("LORAKIT_STATE_UNLOAD_DISABLED", "base")
+#: the lead's call: deleting a component's last active adapter activates the first remaining one in load order ("reactivate",
+#: default), at its last weight, as PEFT does; or leaves none active ("keep")
+DELETE_SEMANTICS = os.environ.get("LORAKIT_STATE_DELETE", "reactivate")
 #: exploration knob: operations never generated (comma-separated op names, e.g. "disable,hotswap"; "fuse@disabled":
 #: not while the pipeline is disabled)
 SKIP_OPS = frozenset(o for o in os.environ.get("LORAKIT_STATE_SKIP", "").split(",") if o)
