@@ -203,21 +203,20 @@ def _flux_transformer() -> Any:
 def _tiny_t5(d_model: int) -> Any:
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=_VOCAB,
-            d_model=d_model,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=_EOS,
-            eos_token_id=_EOS,
-            decoder_start_token_id=0,
-        )
+    config: dict[str, Any] = dict(
+        vocab_size=_VOCAB,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=_EOS,
+        eos_token_id=_EOS,
+        decoder_start_token_id=0,
     )
+    return T5EncoderModel(T5Config(**config))
 
 
 def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
@@ -231,7 +230,7 @@ def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
         UVit2DModel,
         VQModel,
     )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     if family in ("sd1", "sd2"):
         act = "quick_gelu" if family == "sd1" else "gelu"
@@ -291,21 +290,7 @@ def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
             "scheduler": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
         }
         if with_t5:
-            comps["text_encoder_3"] = lambda: T5EncoderModel(
-                T5Config(
-                    vocab_size=_VOCAB,
-                    d_model=64,
-                    d_kv=8,
-                    d_ff=37,
-                    num_layers=2,
-                    num_heads=4,
-                    relative_attention_num_buckets=8,
-                    feed_forward_proj="gated-gelu",
-                    pad_token_id=_EOS,
-                    eos_token_id=_EOS,
-                    decoder_start_token_id=0,
-                )
-            )
+            comps["text_encoder_3"] = lambda: _tiny_t5(64)
             comps["tokenizer_3"] = tiny_tokenizer
         return comps
     if family == "flux":

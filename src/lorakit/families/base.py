@@ -98,4 +98,6 @@ class Family:
 
     def spec(self, variant: str | None = None) -> dict[str, ComponentSpec]:
         """The component specs of the family's reference model or of one of its variants."""
-        return self.reference if variant in (None, self.name) else self.variants[variant]  # type: ignore[index]
+        if variant is None or variant == self.name:
+            return self.reference
+        return self.variants[variant]
