@@ -78,6 +78,9 @@ class AdapterKind:
     display: ClassVar[str] = "adapter"
     #: whether the kind applies to norm layers (LayerNorm / GroupNorm affine parameters)
     applies_to_norm: ClassVar[bool] = False
+    #: whether ``delta_weight(base)`` reads the base weight's values (DoRA, OFT, ...), not just its shape; such a
+    #: delta cannot be recomputed once the weight is fused in place, so those modules fuse by copy
+    uses_base: ClassVar[bool] = True
     #: the key suffixes the kind reads (one entry per style spelling); formats.keys builds its table from these
     SUFFIXES: ClassVar[tuple[Suffix, ...]] = ()
     #: the roles whose presence makes a module's tensors this kind's (``None``: every role of ``SUFFIXES``)

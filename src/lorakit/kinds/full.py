@@ -21,6 +21,7 @@ class Full(AdapterKind):
     diff_b: Tensor | None = None
 
     kind_name = "full"
+    uses_base = False
     display = "full delta"
     applies_to_norm = True
     #: LyCORIS ``full`` (``diff``/``diff_b``) and ``norms`` (``w_norm``/``b_norm``, the 1-D deltas of norm layers)

@@ -31,6 +31,7 @@ class LoHa(AdapterKind):
     t2: Tensor | None = None
 
     kind_name = "loha"
+    uses_base = False
     display = "LoHa"
     #: LyCORIS names; role = suffix
     SUFFIXES = tuple(Suffix(n, n) for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"))

@@ -37,6 +37,7 @@ class LoKr(AdapterKind):
     alpha: float | None = None
 
     kind_name = "lokr"
+    uses_base = False
     display = "LoKr"
     #: LyCORIS names; role = suffix (``lokr_t1`` is read to be refused by name)
     SUFFIXES = tuple(Suffix(n, n) for n in _ROLES)

@@ -36,6 +36,7 @@ class LoRA(AdapterKind):
     bias: Tensor | None = None
 
     kind_name = "lora"
+    uses_base = False
     display = "LoRA"
     SUFFIXES = (
         Suffix("lora_down.weight", "down", KOHYA),
