@@ -13,6 +13,7 @@ from .serving import AdapterCache, CacheStats, per_sample
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
 from .pipelines import (
     AmusedLoraLoaderMixin,
+    FluxLoraLoaderMixin,
     LoraBaseMixin,
     SD3LoraLoaderMixin,
     StableDiffusionLoraLoaderMixin,
@@ -33,6 +34,7 @@ __all__ = [
     "AdapterManager",
     "AmusedLoraLoaderMixin",
     "ConvertReport",
+    "FluxLoraLoaderMixin",
     "InspectReport",
     "DoRA",
     "Full",

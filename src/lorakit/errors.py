@@ -20,6 +20,7 @@ __all__ = [
     "UnsafeFileError",
     "KeyMismatchError",
     "ShapeMismatchError",
+    "ControlLoRAError",
     "DTypeError",
     "AdapterNotFoundError",
     "AdapterExistsError",
@@ -96,6 +97,11 @@ class KeyMismatchError(LorakitError, KeyError):
 
 class ShapeMismatchError(LorakitError, ValueError):
     """An adapter tensor's shape does not fit the target module or the other tensors of its adapter."""
+
+
+class ControlLoRAError(ShapeMismatchError):
+    """A Flux Control LoRA: it would widen ``x_embedder``'s input channels and overwrite q/k norm weights, which
+    lorakit never does (modules keep their shapes, parameters are only fused reversibly)."""
 
 
 class DTypeError(LorakitError, TypeError):

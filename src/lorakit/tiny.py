@@ -1,6 +1,6 @@
 """Tiny diffusers pipelines for tests, demos and benchmarks: no downloads, seeded, built in ~50 ms (after imports).
 
-Every family lorakit supports has a builder: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"`` and ``"amused"``. The
+Every family lorakit supports has a builder: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"flux"`` and ``"amused"``. The
 models are built from configs (the real architectures at toy widths) with weights drawn from a seeded generator, and
 the tokenizers are a tiny byte-level CLIP BPE tokenizer shipped with lorakit
 (``lorakit/assets/tiny-clip-tokenizer``; 519 tokens: 512 byte symbols, a few merges, ``<|startoftext|>`` and
@@ -9,8 +9,8 @@ pipelines allow); its tokenizer is the same tiny CLIP tokenizer, which the pipel
 
 ``tiny_pipeline("flux")`` builds a tiny Flux.1 [dev]-like pipeline (2 double + 2 single blocks, width 32,
 ``guidance_embeds=True``, a tiny CLIP ``text_encoder``, a tiny T5 ``text_encoder_2`` (tokenized by the same tiny
-CLIP tokenizer), a 16-latent-channel VAE). Flux is not in :data:`FAMILIES` / :data:`TASKS` yet (it is listed in
-``PENDING_TASKS`` until lorakit's pipelines support it); its images are 32×32 (latents 16×16, 64 packed tokens).
+CLIP tokenizer), a 16-latent-channel VAE); its images are 32×32 (latents 16×16, 64 packed tokens; pass
+``max_sequence_length=16`` or so: T5 pads the prompt to it).
 
 Example:
     >>> from lorakit.tiny import tiny_pipeline
@@ -32,7 +32,7 @@ import torch
 __all__ = ["FAMILIES", "PENDING_TASKS", "TASKS", "tiny_components", "tiny_pipeline", "tiny_tokenizer", "TOKENIZER_DIR"]
 
 #: families tiny_pipeline can build
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "amused")
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "flux", "amused")
 #: pipeline tasks per family (names of diffusers pipeline classes)
 TASKS: dict[str, dict[str, str]] = {
     "sd1": {
@@ -55,6 +55,11 @@ TASKS: dict[str, dict[str, str]] = {
         "img2img": "StableDiffusion3Img2ImgPipeline",
         "inpaint": "StableDiffusion3InpaintPipeline",
     },
+    "flux": {
+        "text2img": "FluxPipeline",
+        "img2img": "FluxImg2ImgPipeline",
+        "inpaint": "FluxInpaintPipeline",
+    },
     "amused": {
         "text2img": "AmusedPipeline",
         "img2img": "AmusedImg2ImgPipeline",
@@ -62,14 +67,8 @@ TASKS: dict[str, dict[str, str]] = {
     },
 }
 
-#: families tiny_pipeline builds that are not (yet) in FAMILIES / TASKS
-PENDING_TASKS: dict[str, dict[str, str]] = {
-    "flux": {
-        "text2img": "FluxPipeline",
-        "img2img": "FluxImg2ImgPipeline",
-        "inpaint": "FluxInpaintPipeline",
-    },
-}
+#: families tiny_pipeline builds that are not (yet) in FAMILIES / TASKS (none at present)
+PENDING_TASKS: dict[str, dict[str, str]] = {}
 
 #: the shipped tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, merges.txt)
 TOKENIZER_DIR = str(resources.files("lorakit") / "assets" / "tiny-clip-tokenizer")
@@ -363,11 +362,11 @@ def _build(family: str, with_t5: bool) -> dict[str, Callable[[], Any]]:
 def tiny_components(
     family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *, with_t5: bool = True
 ) -> dict[str, Any]:
-    """The components of a tiny pipeline of ``family`` (``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"``,
-    ``"flux"``).
+    """The components of a tiny pipeline of ``family`` (``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"flux"``,
+    ``"amused"``).
 
     Args:
-        family: one of :data:`FAMILIES` or :data:`PENDING_TASKS`.
+        family: one of :data:`FAMILIES`.
         seed: weights are drawn from ``torch.manual_seed(seed + i)`` for the i-th component, inside a forked RNG
             (the caller's global RNG state is not changed).
         dtype: dtype of every model (tokenizers and schedulers are unaffected).
@@ -414,7 +413,7 @@ def tiny_pipeline(
     """A tiny diffusers pipeline of ``family`` (see :func:`tiny_components`), a plain diffusers object.
 
     Args:
-        family: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"amused"`` or ``"flux"``.
+        family: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"sd3"``, ``"flux"`` or ``"amused"``.
         seed: weight seed (same seed, same weights).
         dtype: dtype of the models.
         task: ``"text2img"``, ``"img2img"`` or ``"inpaint"`` (the family's diffusers pipeline class, see

@@ -59,6 +59,9 @@ def bfl_shapes(n_double: int, n_single: int, d: int, mlp: int, in_ch: int, ctx: 
         s[f"{p}.modulation.lin"] = (3 * d, d)
         s[f"{p}.processor.qkv_lora"] = (3 * d, d)
         s[f"{p}.processor.proj_lora"] = (d, d + mlp)
+        # the same two XLabs keys as the attention-processor suffix "_lora.down.weight" splits them
+        s[f"{p}.processor.qkv"] = (3 * d, d)
+        s[f"{p}.processor.proj"] = (d, d + mlp)
         for k, rows in enumerate((d, d, d, mlp)):
             s[f"{p}.linear1.{k}"] = (rows, d)
     return s

@@ -38,17 +38,21 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "unet_attn": ("attn1.to_q", "attn2.to_k", "attn2.to_v", "to_out.0", "ff.net.2"),
     "transformer_sd3": ("attn.to_q", "attn.to_k", "attn.add_v_proj", "attn.to_out.0", "ff.net.0.proj", "norm1.linear"),
     "transformer_amused": ("attn1.to_q", "attn1.to_v", "attn2.to_k", "to_out.0", "ff.net.0.proj"),
+    # double blocks (attn, add_*, ff, norm1), single blocks (attn, proj_mlp, proj_out, norm), embedders, final adaLN
+    "transformer_flux": ("attn.to_q", "attn.to_k", "attn.add_v_proj", "attn.to_out.0", "ff.net.0.proj", "ff_context.net.2",
+                         "norm1.linear", "proj_mlp", "norm.linear", "x_embedder", "norm_out.linear"),
     "clip": ("self_attn.q_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1"),
     "t5": ("SelfAttention.q", "SelfAttention.v", "DenseReluDense.wo"),
 }
 
 
 def denoiser_name(family: str) -> str:
-    return "transformer" if family in ("sd3", "amused") else "unet"
+    return "transformer" if family in ("sd3", "amused", "flux") else "unet"
 
 
 def text_encoders(family: str) -> list[str]:
-    return {"sd1": ["text_encoder"], "sd2": ["text_encoder"], "amused": ["text_encoder"]}.get(
+    """The text encoders diffusers loads LoRA into (Flux: CLIP only; its T5 ``text_encoder_2`` is lorakit's extra)."""
+    return {"sd1": ["text_encoder"], "sd2": ["text_encoder"], "amused": ["text_encoder"], "flux": ["text_encoder"]}.get(
         family, ["text_encoder", "text_encoder_2"]
     )
 
@@ -58,7 +62,7 @@ def targets_for(family: str, component: str, attn_only: bool = False) -> tuple[s
         return TARGETS["unet_attn" if attn_only else "unet"]
     if component == "transformer":
         return TARGETS[f"transformer_{family}"]
-    if component == "text_encoder_3":
+    if component == "text_encoder_3" or (family == "flux" and component == "text_encoder_2"):
         return TARGETS["t5"]
     return TARGETS["clip"]
 
@@ -135,6 +139,16 @@ def _inputs(family: str) -> dict[str, Any]:
             pooled_projections=torch.randn(1, 64, generator=g),
             timestep=torch.tensor([10.0]),
         )
+    if family == "flux":  # 16 image tokens (64 = 16 latent channels × 2×2), 7 text tokens, [dev]'s guidance
+        return dict(
+            hidden_states=torch.randn(1, 16, 64, generator=g),
+            encoder_hidden_states=torch.randn(1, 7, 32, generator=g),
+            pooled_projections=torch.randn(1, 32, generator=g),
+            timestep=torch.tensor([0.6]),
+            img_ids=torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(16, 3),
+            txt_ids=torch.zeros(7, 3),
+            guidance=torch.tensor([3.5]),
+        )
     return dict(
         input_ids=torch.randint(0, 8, (1, 4, 4), generator=g),
         encoder_hidden_states=torch.randn(1, 5, 8, generator=g),
@@ -165,7 +179,7 @@ def encode(pipe: Any, component: str) -> Tensor:
 def outputs(pipe: Any, family: str) -> dict[str, Tensor]:
     """Denoiser output plus every present text encoder's output."""
     out = {"denoiser": denoise(pipe, family)}
-    for te in [*text_encoders(family), "text_encoder_3"]:
+    for te in [*text_encoders(family), "text_encoder_3", *(["text_encoder_2"] if family == "flux" else [])]:
         if getattr(pipe, te, None) is not None:
             out[te] = encode(pipe, te)
     return out

@@ -264,6 +264,6 @@ def test_tiny_pipelines_are_seeded_and_leave_the_global_rng() -> None:
     assert not torch.equal(a.unet.conv_in.weight, c.unet.conv_in.weight)
     assert tiny_pipeline("sd3", with_t5=False).text_encoder_3 is None
     assert tiny_components("sdxl", dtype=torch.float16)["unet"].dtype == torch.float16
-    assert set(FAMILIES) == {"sd1", "sd2", "sdxl", "sd3", "amused"}
+    assert set(FAMILIES) == {"sd1", "sd2", "sdxl", "sd3", "flux", "amused"}
     with pytest.raises(ValueError, match="unknown tiny"):
         tiny_pipeline("sd9")

@@ -23,7 +23,7 @@ def test_tiny_flux_runs_and_is_dev_like() -> None:
 @pytest.mark.parametrize("task", ["img2img", "inpaint"])
 def test_tiny_flux_tasks(task: str) -> None:
     pipe = tiny_pipeline("flux", task=task)
-    assert type(pipe).__name__ == PENDING_TASKS["flux"][task]
+    assert type(pipe).__name__ == TASKS["flux"][task]
     kw = {"image": torch.rand(1, 3, 32, 32), "strength": 0.8}
     if task == "inpaint":
         kw["mask_image"] = torch.ones(1, 1, 32, 32)
@@ -31,7 +31,7 @@ def test_tiny_flux_tasks(task: str) -> None:
     assert out.shape[0] == 1
 
 
-def test_tiny_flux_is_seeded_and_pending() -> None:
+def test_tiny_flux_is_seeded_and_listed() -> None:
     torch.manual_seed(7)
     state = torch.random.get_rng_state()
     a, b, c = (tiny_components("flux", seed=s)["transformer"] for s in (1, 1, 2))
@@ -39,4 +39,4 @@ def test_tiny_flux_is_seeded_and_pending() -> None:
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
     assert not torch.equal(a.x_embedder.weight, c.x_embedder.weight)
-    assert "flux" not in FAMILIES and "flux" not in TASKS  # until lorakit's pipelines support Flux
+    assert "flux" in FAMILIES and set(TASKS["flux"]) == {"text2img", "img2img", "inpaint"} and "flux" not in PENDING_TASKS

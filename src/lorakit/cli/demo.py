@@ -238,7 +238,7 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
         gen = torch.Generator().manual_seed(0)
         kwargs: dict[str, Any] = dict(num_inference_steps=steps, generator=gen, output_type="np",
                                       height=size, width=size)
-        if family == "sd3":
+        if family in ("sd3", "flux"):  # the tiny T5 would pad the prompt to 256 (SD3) / 512 (Flux) tokens
             kwargs["max_sequence_length"] = 8
         return pipe(_PROMPT, **kwargs).images[0]
 

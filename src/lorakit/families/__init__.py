@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..errors import FormatError, did_you_mean
 from .amused import AMUSED
 from .base import BlockTable, ComponentSpec, Evidence, Family
+from .flux import FLUX
 from .sd import SD1, SD2
 from .sd3 import SD3
 from .sdxl import SDXL
@@ -21,6 +22,7 @@ from .sdxl import SDXL
 __all__ = [
     "AMUSED",
     "FAMILIES",
+    "FLUX",
     "SD1",
     "SD2",
     "SD3",
@@ -36,7 +38,7 @@ __all__ = [
     "variant_specs",
 ]
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, AMUSED)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, AMUSED)}
 
 #: loader mixin name -> its families (the first one is the loader's default family)
 LOADERS: dict[str, tuple[Family, ...]] = {}

@@ -70,6 +70,8 @@ class Family:
         base_model_tag: the ``ss_base_model_version`` lorakit writes for this family.
         evidence: what identifies the family in files.
         blocks: the denoiser's block layout for per-block weights (``None``: scalars only).
+        scope_aliases: component names that key prefixes of other families use for a component this family calls
+            otherwise (Flux: the ``text_encoder_3`` of SD3-era T5 prefixes is its ``text_encoder_2``).
     """
 
     name: str
@@ -87,6 +89,7 @@ class Family:
     variants: dict[str, dict[str, ComponentSpec]] = field(default_factory=dict)
     evidence: Evidence = field(default_factory=Evidence)
     blocks: BlockTable | None = None
+    scope_aliases: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

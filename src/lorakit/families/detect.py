@@ -74,7 +74,17 @@ def from_header(metadata: Mapping[str, Any] | None) -> Guess:
 
 
 def _hinted(flat: str) -> list[Family]:
-    return [f for f in FAMILIES.values() if any(h in flat for h in f.evidence.key_hints)]
+    """The families whose key hints occur in ``flat``; those with a hint no other family lists come first (SD3 and
+    Flux share diffusers' MMDiT names such as ``add_q_proj``; ``double_blocks`` is Flux's alone)."""
+    found = [f for f in FAMILIES.values() if any(h in flat for h in f.evidence.key_hints)]
+    if len(found) < 2:
+        return found
+
+    def exclusive(fam: Family) -> bool:
+        others = {h for f in FAMILIES.values() if f is not fam for h in f.evidence.key_hints}
+        return any(h in flat and h not in others for h in fam.evidence.key_hints)
+
+    return sorted(found, key=lambda f: not exclusive(f))
 
 
 def candidates(names: Iterable[str], scopes: Iterable[str | None] = ()) -> list[Family]:
@@ -83,7 +93,7 @@ def candidates(names: Iterable[str], scopes: Iterable[str | None] = ()) -> list[
     names = list(names)
     flat = " ".join(n.replace(".", "_") for n in names)
     named = {s for s in scopes if s not in (None, "denoiser")}
-    possible = [f for f in FAMILIES.values() if named <= set(f.components)]
+    possible = [f for f in FAMILIES.values() if named <= {*f.components, *f.scope_aliases}]
     hinted = [f for f in _hinted(flat) if f in possible] or _hinted(flat)
     if hinted:
         return hinted

@@ -9,6 +9,7 @@ order; :mod:`lorakit.formats.layouts` registers them, in one explicit list.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class Layout:
     header_config: bool = False
     #: ``None`` for layouts lorakit reads but does not write
     writer: Writer | None = None
+    #: a regex the module name (after the prefix) must match from its start: a layout of one family's own names
+    #: within a prefix family others share (Flux's BFL names under ``transformer.``, XLabs' ``processor`` names)
+    names: str | None = None
 
     def claim(self, key: str) -> ParsedKey | None:
         """The parsed key if this layout owns it, else ``None``."""
@@ -60,6 +64,8 @@ class Layout:
         if prefix.family not in self.prefix_families:
             return None
         if style != NEUTRAL and style not in self.styles:
+            return None
+        if self.names is not None and re.match(self.names, rest) is None:
             return None
         if prefix.family == "embedding":
             rest = rest.split(".", 1)[0]

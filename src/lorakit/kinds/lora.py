@@ -52,6 +52,9 @@ class LoRA(AdapterKind):
         Suffix("lora.up.weight", "up", INTERMEDIATE),
         Suffix("lora_linear_layer.down.weight", "down", INTERMEDIATE),
         Suffix("lora_linear_layer.up.weight", "up", INTERMEDIATE),
+        # XLabs' Flux LoRALinearLayer (double_blocks.0.processor.qkv_lora1.down.weight)
+        Suffix("down.weight", "down", INTERMEDIATE),
+        Suffix("up.weight", "up", INTERMEDIATE),
         Suffix("lora.down.weight", "down", ATTNPROC),
         Suffix("lora.up.weight", "up", ATTNPROC),
     )

@@ -17,6 +17,7 @@ from .attach import attach
 from .mixins import (
     MIXINS,
     AmusedLoraLoaderMixin,
+    FluxLoraLoaderMixin,
     SD3LoraLoaderMixin,
     StableDiffusionLoraLoaderMixin,
     StableDiffusionXLLoraLoaderMixin,
@@ -25,6 +26,7 @@ from .mixins import (
 __all__ = [
     "MIXINS",
     "AmusedLoraLoaderMixin",
+    "FluxLoraLoaderMixin",
     "LoraBaseMixin",
     "SD3LoraLoaderMixin",
     "StableDiffusionLoraLoaderMixin",

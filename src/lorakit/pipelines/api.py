@@ -215,20 +215,27 @@ class LoraBaseMixin:
 
         Returns:
             As diffusers does for the family: ``(state_dict, network_alphas)`` (SD, SDXL, aMUSEd) or ``state_dict``
-            (SD3), plus, with ``return_lora_metadata=True``, the parsed ``lora_adapter_metadata`` of the header
+            (SD3; Flux unless ``return_alphas=True``), plus, with ``return_lora_metadata=True``, the parsed
+            ``lora_adapter_metadata`` of the header
             (``None`` when absent). The state dict holds the file's keys unchanged (lorakit converts at load
             time) except the scalar ``*.alpha`` entries, which are returned in ``network_alphas`` (``None`` when
             there are none); passing both to a ``load_lora_into_*`` method restores the file exactly. The whole
             raw header is :func:`lorakit.read_lora`'s.
         """
+        return cls._lorakit_state_dict(pretrained_model_name_or_path_or_dict, cls._lorakit_returns_alphas, kwargs)
+
+    @classmethod
+    def _lorakit_state_dict(cls, source: Any, return_alphas: bool, kwargs: dict[str, Any]) -> Any:
+        """:meth:`lora_state_dict`'s body; ``return_alphas`` says whether the alphas are split off and returned
+        (fixed per family, or the caller's choice as in diffusers' Flux loader)."""
         return_metadata = kwargs.pop("return_lora_metadata", False)
         io_kwargs = {k: kwargs.pop(k) for k in _IO_KWARGS if k in kwargs}
         kwargs.pop("unet_config", None)
         if kwargs:
             logger.debug("lora_state_dict: ignoring %s", summarize(kwargs))
-        state_dict, header, _ = lio.read_source(pretrained_model_name_or_path_or_dict, **io_kwargs)
+        state_dict, header, _ = lio.read_source(source, **io_kwargs)
         parsed = save.parsed_lora_metadata(header)
-        if not cls._lorakit_returns_alphas:
+        if not return_alphas:
             return (state_dict, parsed) if return_metadata else state_dict
         state_dict, network_alphas = _split_alphas(state_dict)
         if return_metadata:

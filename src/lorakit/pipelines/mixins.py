@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..families import AMUSED, SD1, SD3, SDXL
+from ..families import AMUSED, FLUX, SD1, SD3, SDXL
 from .api import LoraBaseMixin
 
 __all__ = [
     "AmusedLoraLoaderMixin",
+    "FluxLoraLoaderMixin",
     "SD3LoraLoaderMixin",
     "StableDiffusionLoraLoaderMixin",
     "StableDiffusionXLLoraLoaderMixin",
@@ -297,10 +298,131 @@ class AmusedLoraLoaderMixin(LoraBaseMixin):
         )
 
 
+class FluxLoraLoaderMixin(_PromptScaleMixin, LoraBaseMixin):
+    """Load LoRA layers into ``FluxTransformer2DModel``, ``CLIPTextModel`` and, when the file has entries for it,
+    the T5 ``text_encoder_2``. Specific to the Flux.1 pipelines (text2img, img2img, inpaint, Fill, Kontext, Control,
+    ControlNet, ... through :func:`attach`)."""
+
+    _lora_loadable_modules = list(FLUX.components)
+    _lorakit_family = FLUX
+    _lorakit_returns_alphas = False
+    transformer_name = "transformer"
+    text_encoder_name = "text_encoder"
+
+    @classmethod
+    def lora_state_dict(
+        cls,
+        pretrained_model_name_or_path_or_dict: str | dict[str, torch.Tensor],
+        return_alphas: bool = False,
+        **kwargs: Any,
+    ):
+        """Return the state dict of a LoRA file (keys unchanged: lorakit converts at load time).
+
+        Args:
+            pretrained_model_name_or_path_or_dict: a Hub repository id, a folder, a file or a state dict.
+            return_alphas: also return the scalar ``*.alpha`` entries, split off the state dict as
+                ``network_alphas`` (``None`` when there are none); otherwise they stay in the state dict.
+            **kwargs: the reading options of :meth:`LoraBaseMixin.lora_state_dict` and ``return_lora_metadata``.
+
+        Returns:
+            ``state_dict``, or a tuple ``(state_dict[, network_alphas][, metadata])`` as diffusers' Flux loader.
+        """
+        return cls._lorakit_state_dict(pretrained_model_name_or_path_or_dict, return_alphas, kwargs)
+
+    @classmethod
+    def load_lora_into_transformer(
+        cls,
+        state_dict,
+        network_alphas,
+        transformer,
+        adapter_name=None,
+        metadata=None,
+        _pipeline=None,
+        low_cpu_mem_usage=False,
+        hotswap: bool = False,
+    ) -> None:
+        """Load the LoRA layers of ``state_dict`` meant for ``transformer`` (a ``FluxTransformer2DModel``).
+
+        Args:
+            state_dict: a LoRA state dict (``transformer.`` keys, BFL / kohya / XLabs names, or keys indexed
+                directly into the model; any supported format).
+            network_alphas: alphas returned by :meth:`lora_state_dict` (or ``None``).
+            transformer: the transformer (a bare model works).
+            adapter_name: name (default ``default_{i}``).
+            metadata: the file's header metadata.
+            _pipeline: the pipeline, for default names across components.
+            low_cpu_mem_usage: accepted for compatibility (no effect).
+            hotswap: replace adapter ``adapter_name`` in place.
+        """
+        cls._lorakit_load_one(
+            cls.transformer_name, transformer, state_dict, network_alphas, adapter_name, _pipeline, hotswap, metadata
+        )
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        transformer_lora_layers: dict[str, nn.Module | torch.Tensor] | None = None,
+        text_encoder_lora_layers: dict[str, nn.Module | torch.Tensor] | None = None,
+        is_main_process: bool = True,
+        weight_name: str | None = None,
+        save_function: Callable | None = None,
+        safe_serialization: bool = True,
+        transformer_lora_adapter_metadata=None,
+        text_encoder_lora_adapter_metadata=None,
+        text_encoder_2_lora_layers: dict[str, nn.Module | torch.Tensor] | None = None,
+        text_encoder_2_lora_adapter_metadata=None,
+    ) -> None:
+        """Save the LoRA parameters of the transformer and the text encoders (diffusers layout).
+
+        Args: as :meth:`StableDiffusionLoraLoaderMixin.save_lora_weights` with ``transformer_lora_layers``; lorakit
+        adds ``text_encoder_2_lora_layers`` / ``text_encoder_2_lora_adapter_metadata`` (T5).
+        """
+        cls._lorakit_save(
+            save_directory,
+            {
+                "transformer": transformer_lora_layers,
+                "text_encoder": text_encoder_lora_layers,
+                "text_encoder_2": text_encoder_2_lora_layers,
+            },
+            is_main_process,
+            weight_name,
+            save_function,
+            safe_serialization,
+            {
+                "transformer": transformer_lora_adapter_metadata,
+                "text_encoder": text_encoder_lora_adapter_metadata,
+                "text_encoder_2": text_encoder_2_lora_adapter_metadata,
+            },
+        )
+
+    def fuse_lora(
+        self,
+        components: list[str] = ["transformer"],  # noqa: B006 - diffusers' Flux default; never mutated
+        lora_scale: float = 1.0,
+        safe_fusing: bool = False,
+        adapter_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Fuse the LoRA parameters into the weights; as :meth:`LoraBaseMixin.fuse_lora`, but by default into the
+        transformer only (diffusers' Flux default; pass ``components=[]`` for every component)."""
+        LoraBaseMixin.fuse_lora(self, components, lora_scale, safe_fusing, adapter_names, **kwargs)
+
+    def unload_lora_weights(self, reset_to_overwritten_params=False) -> None:
+        """Unload every adapter (see :meth:`LoraBaseMixin.unload_lora_weights`).
+
+        Args:
+            reset_to_overwritten_params: accepted for compatibility: lorakit never overwrites parameters (it refuses
+                the Control LoRAs that widen ``x_embedder`` in diffusers), so there is nothing to reset.
+        """
+        LoraBaseMixin.unload_lora_weights(self)
+
+
 #: loader name (``Family.loader``) -> its mixin
 MIXINS: dict[str, type[LoraBaseMixin]] = {
     "sd": StableDiffusionLoraLoaderMixin,
     "sdxl": StableDiffusionXLLoraLoaderMixin,
     "sd3": SD3LoraLoaderMixin,
+    "flux": FluxLoraLoaderMixin,
     "amused": AmusedLoraLoaderMixin,
 }

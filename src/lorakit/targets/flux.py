@@ -104,6 +104,10 @@ def single_block_entries(i: int) -> list[Entry]:
         # XLabs: qkv_lora covers linear1's q, k, v rows only; proj_lora has linear2's (attention + MLP) input
         (f"{s}.processor.qkv_lora", qkv, "split"),
         (f"{s}.processor.proj_lora", (f"{b}.proj_out",), "direct"),
+        # the same keys as the attention-processor key parse names them (``qkv_lora.down.weight``: ``qkv`` + the
+        # ``_lora.down.weight`` suffix of diffusers' old processors)
+        (f"{s}.processor.qkv", qkv, "split"),
+        (f"{s}.processor.proj", (f"{b}.proj_out",), "direct"),
     ]
     # OneTrainer: linear1 as q, k, v, mlp sub-adapters (.linear1.0/.1/.2/.3)
     out.extend((f"{s}.linear1.{k}", (p,), "direct") for k, p in enumerate(linear1))

@@ -1,9 +1,9 @@
 """Alias -> module-path lookup tables built from a model's own ``named_modules()`` (design principle 4).
 
 For every module lorakit can patch, the index holds its dotted path, the kohya underscored spelling, the
-``text_model.``-less / -ful spelling of CLIP paths, and family names (SGM for UNets, SAI MMDiT for SD3), each mapped to a
-:class:`Target`. Resolving a checkpoint name is a dictionary lookup; names that do not resolve are a set difference,
-reported with close matches. The underscore transform is not invertible by string replacement, which is why the table
+``text_model.``-less / -ful spelling of CLIP paths, and family names (SGM for UNets, SAI MMDiT for SD3, BFL for Flux),
+each mapped to a :class:`Target`. Resolving a checkpoint name is a dictionary lookup; names that do not resolve are a
+set difference, reported with close matches. The underscore transform is not invertible by string replacement, which is why the table
 is built forward from the model and never by guessing where dots were.
 """
 
@@ -17,15 +17,16 @@ from torch import nn
 
 from ..engine import is_supported
 from ..engine.apply import weight_of
-from . import clip, sd3, sd_unet
+from . import clip, flux, sd3, sd_unet
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where one checkpoint module lands.
 
-    ``op`` is ``"direct"`` (one module), ``"split"`` (a fused projection whose output rows are split in equal chunks
-    over ``paths``, SD3 ``qkv``) or ``"swap"`` (one module whose two output halves are exchanged, SD3 adaLN).
+    ``op`` is ``"direct"`` (one module), ``"split"`` (a fused projection whose output rows are split over ``paths`` by
+    their own row counts: SD3 / Flux ``qkv``, Flux ``linear1`` = q, k, v + MLP) or ``"swap"`` (one module whose two
+    output halves are exchanged, SD3 / Flux final adaLN).
     """
 
     paths: tuple[str, ...]
@@ -104,8 +105,12 @@ def build_index(model: nn.Module, component: str = "") -> ModuleIndex:
     if sd_unet.is_unet(model):
         for name, p in sd_unet.sgm_aliases(model, list(modules)).items():
             _add(aliases, ambiguous, name, Target((p,)))
-    if sd3.is_mmdit(model):
+    if sd3.is_mmdit(model) and not flux.is_flux(model):  # Flux has pos_embed too; SAI names are SD3's
         for name, paths, op in sd3.sai_entries(model):
+            if all(p in modules for p in paths):
+                _add(aliases, ambiguous, name, Target(paths, op))
+    if flux.is_flux(model):
+        for name, paths, op in flux.bfl_entries(model):
             if all(p in modules for p in paths):
                 _add(aliases, ambiguous, name, Target(paths, op))
     index.aliases = aliases

@@ -9,9 +9,12 @@ wins). It is written out here, not left to import order. Adding a layout: a :cla
 from __future__ import annotations
 
 from ..registry import Layout, register
-from . import comfy, diffusers, kohya, peft
+from . import comfy, diffusers, flux, kohya, peft
 
 ORDER: tuple[Layout, ...] = (
+    # one family's own module names inside prefix families others share: before the generic layouts
+    flux.FLUX_BFL,
+    flux.XLABS,
     diffusers.DIFFUSERS,
     diffusers.INTERMEDIATE_LAYOUT,
     diffusers.ATTN_PROCS,
@@ -26,9 +29,9 @@ ORDER: tuple[Layout, ...] = (
     kohya.EMBEDDING,
     comfy.UNPREFIXED,
 )
-if {lay.name for lay in ORDER} != {lay.name for m in (diffusers, peft, kohya, comfy) for lay in m.LAYOUTS}:
+if {lay.name for lay in ORDER} != {lay.name for m in (diffusers, peft, kohya, comfy, flux) for lay in m.LAYOUTS}:
     raise ImportError("formats.layouts.ORDER must list every layout of its modules exactly once")
 for _layout in ORDER:
     register(_layout)
 
-__all__ = ["ORDER", "comfy", "diffusers", "kohya", "peft"]
+__all__ = ["ORDER", "comfy", "diffusers", "flux", "kohya", "peft"]
