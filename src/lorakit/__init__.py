@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-
-from . import errors, kinds
+from . import errors, kinds, log
 from .conversion import ConvertReport, convert
 from .engine import AdapterManager, get_manager
 from .inspection import InspectReport, inspect
 from .io import read_lora
-from .serving import AdapterCache, CacheStats, per_sample
 from .kinds import AdapterKind, DoRA, Full, LoHa, LoKr, LoRA
+from .log import (
+    get_verbosity,
+    set_verbosity,
+    set_verbosity_debug,
+    set_verbosity_error,
+    set_verbosity_info,
+    set_verbosity_warning,
+)
 from .pipelines import (
     AmusedLoraLoaderMixin,
     FluxLoraLoaderMixin,
@@ -21,8 +26,8 @@ from .pipelines import (
     attach,
     load_report,
 )
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+from .save import save_adapter
+from .serving import AdapterCache, CacheStats, per_sample
 
 __version__ = "0.1.0"
 
@@ -49,8 +54,16 @@ __all__ = [
     "convert",
     "errors",
     "get_manager",
+    "get_verbosity",
     "inspect",
     "kinds",
     "load_report",
+    "log",
     "read_lora",
+    "save_adapter",
+    "set_verbosity",
+    "set_verbosity_debug",
+    "set_verbosity_error",
+    "set_verbosity_info",
+    "set_verbosity_warning",
 ]

@@ -29,14 +29,24 @@ from torch import Tensor, nn
 from . import families, formats
 from . import io as lio
 from . import report as R
-from .errors import KeyMismatchError, LorakitError, ShapeMismatchError, summarize
+from .errors import FormatError, KeyMismatchError, LorakitError, ShapeMismatchError, summarize
 from .families import detect
+from .formats.groups import file_adapters
+from .formats.keys import scalar_key
 from .kinds import AdapterKind
 from .pipelines.save import LORA_ADAPTER_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InspectReport", "coverage_from_report", "inspect", "jsonable", "summarize_metadata"]
+__all__ = [
+    "InspectReport",
+    "checkpoint_description",
+    "coverage_from_report",
+    "inspect",
+    "jsonable",
+    "summarize_metadata",
+    "trigger_info",
+]
 
 #: what the report says when no family is found
 UNKNOWN = "unknown"
@@ -97,6 +107,16 @@ class InspectReport:
     #: the conversion report of ``formats.to_canonical`` (``LoadReport.to_dict()``, JSON-ready)
     conversion_report: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: what to type in a prompt: ``modelspec.trigger_phrase`` parts, then the most frequent training tags
+    trigger_words: list[str] = field(default_factory=list)
+    #: the most frequent kohya ``ss_tag_frequency`` tags with their counts (summed over the datasets)
+    tags: list[tuple[str, int]] = field(default_factory=list)
+    #: ``modelspec.title`` (else kohya's ``ss_output_name``), ``modelspec.author``, ``modelspec.description``
+    title: str | None = None
+    author: str | None = None
+    description: str | None = None
+    #: the file's hashes (:meth:`lorakit.io.FileHashes.to_dict`): sha256, autov2, lora_hash, lora_hash_short, ...
+    hashes: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (``json.dumps(report.to_dict())`` works)."""
@@ -118,6 +138,26 @@ class InspectReport:
             ("file size", "-" if self.file_size is None else _fmt_bytes(self.file_size)),
             ("read", "header only" if self.header_only else "all tensors"),
         ]
+        for label, value in (("title", self.title), ("author", self.author)):
+            if value:
+                rows.append((label, value))
+        if self.description:
+            text = " ".join(self.description.split())
+            rows.append(("description", text if len(text) <= 120 else text[:119] + "…"))
+        if self.trigger_words:
+            rows.append(("trigger words", ", ".join(self.trigger_words)))
+        if self.tags:
+            rows.append(("top tags", ", ".join(f"{t} ({n})" for t, n in self.tags[:10])))
+        if self.hashes:
+            rows.append(("sha256", str(self.hashes["sha256"])))
+            rows.append(("AutoV2", str(self.hashes["autov2"])))
+            lora_hash = str(self.hashes["lora_hash_short"])
+            if self.hashes.get("header_hash_stale"):
+                lora_hash += (f" (the header's sshs_model_hash, which A1111 shows; the tensors hash to "
+                              f"{str(self.hashes['lora_hash'])[:12]})")
+            elif self.hashes.get("header_lora_hash"):
+                lora_hash += " (= the header's sshs_model_hash)"
+            rows.append(("A1111 LoRA hash", lora_hash))
         kohya = self.metadata.get("kohya") or {}
         for key in ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_base_model_version"):
             if key in kohya:
@@ -240,6 +280,110 @@ def summarize_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
     if other:
         out["other"] = other
     return out
+
+
+# ----------------------------------------------------------------------------------------------- trigger words
+#: how many training tags become trigger words when the file has no ``modelspec.trigger_phrase``
+TRIGGER_TAGS = 5
+#: how many tags the report keeps
+TOP_TAGS = 20
+
+
+def _json_value(text: str | None) -> Any:
+    """A header value that holds JSON (kohya sometimes encodes it twice); ``None`` when it does not parse."""
+    value: Any = text
+    for _ in range(2):
+        if not isinstance(value, str):
+            break
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            return None
+    return value
+
+
+def trigger_info(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Trigger words and descriptive fields of a header.
+
+    Returns:
+        ``{"trigger_words": [...], "tags": [(tag, count), ...], "title": ..., "author": ..., "description": ...}``:
+        ``trigger_words`` are the comma-separated parts of ``modelspec.trigger_phrase``, then (when there is no
+        trigger phrase) the :data:`TRIGGER_TAGS` most frequent tags of kohya's ``ss_tag_frequency``
+        (``{dataset: {tag: count}}``, counts summed over datasets); ``tags`` the :data:`TOP_TAGS` most frequent
+        with their counts; ``title`` is ``modelspec.title`` or ``ss_output_name``.
+    """
+    counts: Counter[str] = Counter()
+    freq = _json_value(metadata.get("ss_tag_frequency"))
+    if isinstance(freq, Mapping):
+        for dataset in freq.values():
+            if isinstance(dataset, Mapping):
+                for tag, n in dataset.items():
+                    tag = str(tag).strip()
+                    if tag and isinstance(n, (int, float)) and not isinstance(n, bool):
+                        counts[tag] += int(n)
+    tags = counts.most_common(TOP_TAGS)
+    phrase = metadata.get("modelspec.trigger_phrase") or ""
+    words = [w.strip() for w in phrase.split(",") if w.strip()]
+    if not words:
+        words = [t for t, _ in tags[:TRIGGER_TAGS]]
+
+    def text(key: str) -> str | None:
+        value = metadata.get(key)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    return {
+        "trigger_words": words,
+        "tags": tags,
+        "title": text("modelspec.title") or text("ss_output_name"),
+        "author": text("modelspec.author"),
+        "description": text("modelspec.description"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- full checkpoints
+#: key fragments only adapter files have (kohya prefixes, kind suffixes, embedded embeddings) ...
+_ADAPTER_TOKENS = ("lora", "lycoris", "hada_", "lokr_", "oft_", "dora_scale", "magnitude", "bundle_emb", "glora",
+                   "ia3")
+#: ... and key endings (alphas, full-delta suffixes)
+_ADAPTER_ENDINGS = (".alpha", ".diff", ".diff_b", ".w_norm", ".b_norm", ".on_input")
+_PARAM_ENDINGS = (".weight", ".bias", ".running_mean", ".running_var", ".num_batches_tracked", ".position_ids",
+                  ".scale", ".gamma", ".beta", "_embedding", ".pos_embed", "scale_shift_table", "logit_scale",
+                  "text_projection", ".in_proj_weight", ".in_proj_bias", "positional_embedding", "class_embedding")
+#: (key prefix or fragment, what a file with such keys is), most specific first
+_CHECKPOINT_KINDS = (
+    ("conditioner.embedders.", "a single-file SDXL checkpoint (model.diffusion_model.* UNet, conditioner.* text "
+     "encoders)"),
+    ("model.diffusion_model.double_blocks.", "a single-file Flux checkpoint"),
+    ("model.diffusion_model.joint_blocks.", "a single-file SD3 checkpoint"),
+    ("model.diffusion_model.", "a single-file Stable Diffusion checkpoint (model.diffusion_model.* UNet)"),
+    ("double_blocks.", "Flux transformer weights"),
+    ("joint_blocks.", "SD3 MMDiT weights"),
+    ("first_stage_model.", "a VAE (first_stage_model.*)"),
+    ("cond_stage_model.", "a text encoder (cond_stage_model.*)"),
+    ("down_blocks.", "diffusers model weights (a UNet or VAE: diffusion_pytorch_model.safetensors)"),
+    ("transformer_blocks.", "diffusers transformer weights (diffusion_pytorch_model.safetensors)"),
+    ("text_model.", "text-encoder weights (transformers' model.safetensors)"),
+    ("encoder.", "model weights"),
+)
+
+
+def checkpoint_description(keys: list[str]) -> str | None:
+    """What a file of full model weights is (``None`` for anything that may be an adapter).
+
+    A checkpoint: at least 8 tensors, no key with a fragment or ending only adapter files have (``lora``,
+    ``hada_``, ``.alpha``, ``.diff``, ...), and at least 90 % of the keys ending in a plain parameter name (``.weight``, ``.bias``, ...).
+    """
+    if len(keys) < 8:
+        return None
+    lower = [k.lower() for k in keys]
+    if any(k.endswith(_ADAPTER_ENDINGS) or any(t in k for t in _ADAPTER_TOKENS) for k in lower):
+        return None
+    if sum(k.endswith(_PARAM_ENDINGS) for k in lower) < 0.9 * len(keys):
+        return None
+    for fragment, what in _CHECKPOINT_KINDS:
+        if any(k.startswith(fragment) for k in keys):
+            return what
+    return "full model weights"
 
 
 # ----------------------------------------------------------------------------------------------- coverage
@@ -375,6 +519,7 @@ def inspect(
     model: Any = None,
     components: Mapping[str, nn.Module] | None = None,
     weight_name: str | None = None,
+    hashes: bool = True,
     **hub_kwargs: Any,
 ) -> InspectReport:
     """Describe an adapter file (or dict) without loading it into anything.
@@ -384,12 +529,16 @@ def inspect(
         model: optional pipeline (its ``components``) or ``nn.Module``, to report coverage.
         components: optional ``{component name: nn.Module}``, to report coverage.
         weight_name: the file inside a folder / repository.
+        hashes: compute the file's sha256, civitai AutoV2 and A1111 LoRA hash (:func:`lorakit.io.file_hashes`;
+            reads every byte of the file, not the tensors).
         **hub_kwargs: forwarded to :func:`lorakit.io.resolve_file` (``subfolder``, ``cache_dir``, ``revision``, ...).
 
     Returns:
         An :class:`InspectReport`. For safetensors files only the header and the ``.alpha`` tensors are read.
 
     Raises:
+        FormatError: the file is a full model checkpoint (UNet / transformer / text-encoder / VAE weights), not an
+            adapter; the message says which.
         lorakit errors of :func:`lorakit.io.read_source` (missing, unreadable, unsafe files) and of
         ``formats.to_canonical`` (no adapter keys recognised).
 
@@ -401,6 +550,7 @@ def inspect(
     warnings: list[str] = []
     file_size: int | None = None
     header_only = False
+    file_path: str | None = None
     if isinstance(source, Mapping):
         lio.validate_state_dict(source, "<dict>")
         sd: dict[str, Tensor] = dict(source)
@@ -408,17 +558,29 @@ def inspect(
         name = "<dict>"
     else:
         path, name = lio.resolve_file(source, weight_name=weight_name, **hub_kwargs)
+        file_path = path
         file_size = os.path.getsize(path)
         if lio.file_kind(path) == "safetensors":
             sd, metadata = lio.read_header_state_dict(path)
             header_only = True
+            # one-value settings beside the .alpha tensors: (IA)^3's on_input decides the axis it scales
+            flags = [k for k, t in sd.items() if t.device.type == "meta" and t.numel() == 1 and scalar_key(k)]
+            if flags:
+                sd.update(lio.read_tensors(path, flags))
         else:
             sd, metadata = lio.read_file(path, display=name)
     shapes = {k: tuple(t.shape) for k, t in sd.items()}
     dtypes = Counter(_dtype_name(t.dtype) for t in sd.values())
     num_params = sum(t.numel() for t in sd.values())
+    what = checkpoint_description(list(sd))
+    if what is not None:
+        raise FormatError(
+            f"{name}: a full model checkpoint, not a LoRA: {what}, {len(sd)} tensors and no adapter keys; "
+            "load it as the pipeline (a diffusers folder, or from_single_file), not with load_lora_weights"
+        )
 
     conv_report: R.LoadReport | None
+    reference_misfit: str | None = None
     adapters: Mapping[str, Mapping[str, AdapterKind]] = {}
     try:
         conv = formats.to_canonical(sd, metadata, None, source=name, allow_meta=True)
@@ -428,7 +590,11 @@ def inspect(
         conv_report = exc.report
         if conv_report is None or conv_report.format == "unknown":
             raise
-        warnings.append(f"the keys do not fit the reference model of their family: {exc}")
+        reasons = {s.reason for s in conv_report.skipped}
+        if R.UNSUPPORTED_KIND in reasons and reasons <= {R.UNSUPPORTED_KIND, R.UNRECOGNISED}:
+            warnings.append(str(exc))  # the names resolve: only the kind is not applied ("unsupported kind X")
+        else:
+            reference_misfit = _misfit_warning(conv_report)
         fmt = conv_report.format
     else:
         adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
@@ -448,27 +614,26 @@ def inspect(
                 cov = {"(all)": {"modules": len(sd), "matched": 0, "error": str(exc)}}
         if not adapters and placed_adapters:  # the file fits the model but not the reference: describe it from here
             adapters = placed_adapters
+        if placed_adapters and placed_report is not None and not placed_report.skipped:
+            reference_misfit = None  # it fits the model it was checked against: the reference does not matter
         if placed_report is not None:
             cov = coverage_from_report(placed_report, {c: len(m) for c, m in adapters.items()}, comp_models)
             conv_report = placed_report
 
+    # kinds, ranks and alphas are facts of the file: read from its keys alone, whether or not they fit a model
     kinds: Counter[str] = Counter()
-    comps: dict[str, int] = {}
     ranks: Counter[int] = Counter()
     alphas: Counter[str] = Counter()
-    for comp, mapping in adapters.items():
-        comps[comp] = len(mapping)
-        for kind in mapping.values():
-            kinds[_kind_label(kind)] += 1
-            if kind.rank is not None:
-                ranks[int(kind.rank)] += 1
-            alpha = getattr(kind, "alpha", None)
-            alphas["none" if alpha is None else f"{float(alpha):g}"] += 1
-    if not adapters and conv_report is not None:  # partial description from the report
+    for _, kind in file_adapters(sd, metadata):
+        kinds[_kind_label(kind)] += 1
+        if kind.rank is not None:
+            ranks[int(kind.rank)] += 1
+        alpha = kind.alpha
+        alphas["none" if alpha is None else f"{float(alpha):g}"] += 1
+    comps: dict[str, int] = {comp: len(mapping) for comp, mapping in adapters.items()}
+    if not adapters and conv_report is not None:  # where the modules would land, from the report
         for comp, crep in conv_report.components.items():
             comps[comp] = crep.matched_modules
-            kinds.update(crep.kinds)
-            ranks.update({int(r): n for r, n in crep.ranks.items()})
         unplaced: dict[str, set[str]] = {}
         for s in conv_report.skipped:
             if s.module and s.reason in (R.NO_SUCH_MODULE, R.SHAPE_MISMATCH, R.COMPONENT_ABSENT):
@@ -476,7 +641,12 @@ def inspect(
         for comp, mods in unplaced.items():
             comps[comp] = comps.get(comp, 0) + len(mods)
 
+    if reference_misfit:
+        warnings.append(reference_misfit)
     family, evidence = _family(shapes, metadata, resolved, comp_models)
+    file_hashes = None
+    if hashes and file_path is not None:
+        file_hashes = lio.file_hashes(file_path, header_lora_hash=metadata.get("sshs_model_hash")).to_dict()
     return InspectReport(
         source=name,
         format=fmt,
@@ -496,4 +666,20 @@ def inspect(
         coverage=cov,
         conversion_report=jsonable(conv_report.to_dict()) if conv_report is not None else None,
         warnings=warnings,
+        hashes=file_hashes,
+        **trigger_info(metadata),
+    )
+
+
+def _misfit_warning(report: R.LoadReport) -> str:
+    """One short line for keys that do not fit the reference model of their family (the counts and one example,
+    not the whole error)."""
+    reasons = Counter(s.reason for s in report.skipped)
+    first = next((s for s in report.skipped if s.reason == R.SHAPE_MISMATCH), report.skipped[0] if report.skipped
+                 else None)
+    where = f" the {families.get(report.family).display}" if report.family else ""
+    example = f"; first: {first.key}" if first is not None else ""
+    return (
+        f"the keys do not fit{where} reference model ({_fmt_counts(dict(reasons.most_common())) or 'no match'}"
+        f"{example}); a LoRA for a model of other sizes: inspect it with that model to see where it lands"
     )

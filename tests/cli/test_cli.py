@@ -88,7 +88,7 @@ def test_module_help_subprocess() -> None:
     proc = subprocess.run([sys.executable, "-m", "lorakit", "--help"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for cmd in ("inspect", "convert", "generate", "bake", "demo"):
+    for cmd in ("inspect", "convert", "list", "generate", "bake", "demo"):
         assert cmd in proc.stdout
 
 
@@ -102,7 +102,7 @@ def test_exit_codes_of_the_command_line(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "invalid choice" in err
     code, _, err = run(capsys, "generate", "--model", "m", "--prompt", "x", "--size", "12xab", "-o", "o.png")
     assert code == 2 and "WIDTHxHEIGHT" in err
-    for sub in ("inspect", "convert", "generate", "bake", "demo"):
+    for sub in ("inspect", "convert", "list", "generate", "bake", "demo"):
         assert run(capsys, sub, "--help")[0] == 0
 
 
@@ -111,6 +111,7 @@ def test_small_helpers() -> None:
     assert parse_size("64") == (64, 64)
     assert output_paths(Path("o/cat.png"), 1) == [Path("o/cat.png")]
     assert output_paths(Path("o/cat.png"), 2) == [Path("o/cat-1.png"), Path("o/cat-2.png")]
+    assert output_paths(Path("o"), 2, [5, 6], folder=True) == [Path("o/lorakit-5.png"), Path("o/lorakit-6.png")]
 
 
 # ----------------------------------------------------------------------------------------------- inspect
@@ -285,7 +286,7 @@ def test_generate_with_prompt_tags(capsys: pytest.CaptureFixture[str], tiny_sd1:
     assert "generated 1 image(s)" in out
     got = read_png(out_png)
     with Image.open(out_png) as im:
-        assert "style:0.8:0.8" in im.info["parameters"]
+        assert im.info["parameters"].startswith("a cat, <lora:style:0.8> in the snow\nSteps: 2, ")
     from diffusers import DiffusionPipeline
 
     want = lycoris_image(DiffusionPipeline.from_pretrained(str(tiny_sd1)), lora_dir / "style.safetensors",

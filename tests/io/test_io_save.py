@@ -319,14 +319,19 @@ def test_save_adapter_refuses_overwrite_and_bad_inputs(tmp_path: Path) -> None:
     p.write_bytes(b"x")
     mgr.add_adapter("a", {"mid_block.resnets.0.time_emb_proj": LoRA(down=torch.zeros(2, 32), up=torch.zeros(16, 2))})
     with pytest.raises(errors.DestinationExistsError, match="overwrite=True"):
-        save_adapter(mgr, p)
+        save_adapter(mgr, None, p)
     mgr.add_adapter("b", {"mid_block.resnets.0.time_emb_proj": LoRA(down=torch.zeros(2, 32), up=torch.zeros(16, 2))})
     with pytest.raises(errors.FormatError, match="adapter_name"):
-        save_adapter(mgr, tmp_path / "y.safetensors")
+        save_adapter(mgr, None, tmp_path / "y.safetensors")
     with pytest.raises(errors.AdapterNotFoundError, match="'c'"):
-        save_adapter(mgr, tmp_path / "y.safetensors", adapter_name="c")
+        save_adapter(mgr, "c", tmp_path / "y.safetensors")
     with pytest.raises(errors.FormatError):
-        save_adapter(42, tmp_path / "y.safetensors")
+        save_adapter(42, None, tmp_path / "y.safetensors")
+    with pytest.raises(errors.FormatError, match="safetensors"):  # lorakit writes safetensors only
+        save_adapter(mgr, "a", tmp_path / "y.bin")
+    with pytest.raises(errors.FormatError, match="unknown layout"):
+        save_adapter(mgr, "a", tmp_path / "y.safetensors", "comfy")
+    assert not (tmp_path / "y.safetensors").exists()
 
 
 @pytest.mark.skipif(not formats_writes("diffusers"), reason="formats.from_canonical not implemented yet")
@@ -337,7 +342,7 @@ def test_save_adapter_roundtrip(tmp_path: Path, to: str) -> None:
     mgr = get_manager(unet)
     mgr.add_adapter("style", mapping)
     ours = run(unet)
-    path = save_adapter(mgr, tmp_path, to=to, adapter_name="style", family="sd1", metadata={"note": {"a": 1}})
+    path = save_adapter(mgr, "style", tmp_path, to, family="sd1", metadata={"note": {"a": 1}})
     sd, meta, _ = read_source(path)
     assert json.loads(meta["note"]) == {"a": 1}
     if to == "peft":  # PeftModel.save_pretrained layout: adapter_model.safetensors + adapter_config.json
@@ -357,7 +362,7 @@ def test_save_adapter_diffusers_layout_loads_identically_in_diffusers(tmp_path: 
     mgr = get_manager(unet)
     mgr.add_adapter("style", mapping)
     ours = run(unet)
-    save_adapter(mgr, tmp_path, to="diffusers")
+    save_adapter(mgr, None, tmp_path, "diffusers")
     assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
     assert rel_err(run(diffusers_load(tmp_path)), ours) <= 1e-5
 

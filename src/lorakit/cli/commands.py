@@ -1,4 +1,4 @@
-"""The subcommands: ``inspect``, ``convert``, ``generate``, ``bake`` and ``demo``.
+"""The subcommands: ``inspect``, ``convert``, ``list``, ``generate``, ``bake`` and ``demo``.
 
 Each is ``cmd_<name>(args, console) -> exit status``; :data:`COMMANDS` maps the names the parser gives to them.
 """
@@ -17,16 +17,17 @@ from typing import Any
 import torch
 from PIL import PngImagePlugin
 
-from .. import formats
+from .. import __version__, formats
 from ..conversion import convert
-from ..errors import DestinationExistsError, LorakitError, SourceNotFoundError
+from ..errors import LorakitError, SourceNotFoundError
+from ..families import detect
 from ..inspection import inspect
-from ..io import read_source
+from ..io import file_hashes, read_header, read_source
 from ..kinds import AdapterKind
 from ..report import LoadReport
-from .console import CliError, Console
+from .console import CliError, Console, one_line
 from .demo import run_demo
-from .prompt import LoraSpec, plan_loras
+from .prompt import LoraSpec, list_loras, lora_tag_name, plan_loras
 from .session import (
     family_of,
     load_loras,
@@ -37,7 +38,18 @@ from .session import (
     saved_dtype,
 )
 
-__all__ = ["COMMANDS", "cmd_bake", "cmd_convert", "cmd_demo", "cmd_generate", "cmd_inspect", "output_paths"]
+__all__ = [
+    "COMMANDS",
+    "a1111_parameters",
+    "cmd_bake",
+    "cmd_convert",
+    "cmd_demo",
+    "cmd_generate",
+    "cmd_inspect",
+    "cmd_list",
+    "output_paths",
+    "sampler_name",
+]
 
 #: environment variable with the default ``--lora-dir`` folders (``os.pathsep``-separated)
 LORA_DIR_ENV = "LORAKIT_LORA_DIR"
@@ -116,7 +128,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         skipped: list[dict[str, Any]] = []
         landing_error = None
         try:
-            report = inspect(src, model=pipe, weight_name=args.weight_name)
+            report = inspect(src, model=pipe, weight_name=args.weight_name, hashes=not args.no_hashes)
             data = report.to_dict()
             if pipe is not None:
                 try:
@@ -132,8 +144,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
             if args.verbose:
                 console.traceback()
             failed += 1
-            console.error(str(exc))
-            results.append({"source": src, "error": str(exc)})
+            console.error(one_line(exc))
+            results.append({"source": src, "error": one_line(exc)})
             continue
         results.append(data)
         if args.json:
@@ -178,16 +190,94 @@ def _print_landing(
 
 # ----------------------------------------------------------------------------------------------- convert
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
-    """Rewrite a file in another layout (:func:`lorakit.convert`)."""
+    """Rewrite a file in another layout (:func:`lorakit.convert`); ``--model`` resolves names against a pipeline."""
+    components = None
+    if args.model:
+        with console.step(f"loaded {args.model} to resolve module names against") as st:
+            pipe = load_pipeline(args.model, dtype=None, device="cpu")
+            st["note"] = type(pipe).__name__
+        components = module_components(pipe)
     with console.step(f"converted {args.file} to {args.to}"):
-        try:
-            report = convert(args.file, args.output, to=args.to, overwrite=args.force, family=args.family,
-                             weight_name=args.weight_name)
-        except DestinationExistsError as exc:
-            where = str(exc).split(":")[0] or args.output
-            raise DestinationExistsError(f"{where}: already exists; pass --force to overwrite it") from exc
+        report = convert(args.file, args.output, to=args.to, overwrite=args.force, family=args.family,
+                         components=components, component=args.component, weight_name=args.weight_name)
     console.result(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- list
+def _ranks_text(ranks: dict[int, int]) -> str:
+    if not ranks:
+        return "-"
+    lo, hi = min(ranks), max(ranks)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _size_text(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def list_entry(path: Path, dirs: Sequence[str], hashes: bool = False) -> dict[str, Any]:
+    """What ``lorakit list`` says about one file (``error`` instead of the description when it is not a LoRA)."""
+    name = lora_tag_name(path, dirs)
+    entry: dict[str, Any] = {"file": str(path), "name": name, "tag": f"<lora:{name}>"}
+    try:
+        rep = inspect(path, hashes=hashes)
+    except LorakitError as exc:
+        entry["error"] = one_line(exc)
+        return entry
+    entry.update(
+        family=rep.family,
+        format=rep.format,
+        kinds=rep.kinds,
+        components=rep.components,
+        ranks=rep.ranks,
+        size=rep.file_size,
+        trigger_words=rep.trigger_words,
+        title=rep.title,
+        header_only=rep.header_only,
+    )
+    if rep.hashes:
+        entry["hashes"] = rep.hashes
+    return entry
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    """The LoRA files under the folders, each with the ``<lora:NAME>`` that resolves to it (header only)."""
+    for d in args.dirs:
+        if not Path(d).is_dir():
+            raise SourceNotFoundError(f"{d}: no such folder")
+    entries = [list_entry(p, args.dirs, args.hashes) for d in args.dirs for p in list_loras(d)]
+    failed = sum("error" in e for e in entries)
+    if args.json:
+        console.result(json.dumps(entries, indent=2))
+        return 1 if failed else 0
+    if not entries:
+        console.result(f"no LoRA files under {', '.join(args.dirs)}")
+        return 0
+    rows = [("tag", "family", "kinds", "rank", "size", "trigger words")]
+    for e in entries:
+        if "error" in e:
+            rows.append((e["tag"], "-", "-", "-", "-", f"error: {e['error']}"))
+            continue
+        kinds = ", ".join(e["kinds"]) or "-"
+        rows.append((e["tag"], e["family"], kinds, _ranks_text(e["ranks"]), _size_text(e["size"]),
+                     ", ".join(e["trigger_words"]) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        console.result("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    for e in entries:
+        if e.get("hashes"):
+            h = e["hashes"]
+            console.result(f"{e['tag']}: sha256 {h['sha256']}, AutoV2 {h['autov2']}, A1111 {h['lora_hash_short']}")
+    console.info(f"{len(entries) - failed} LoRA file(s)" + (f", {failed} not readable as a LoRA" if failed else ""))
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------------- generate
@@ -221,25 +311,129 @@ def _png_info(text: str) -> PngImagePlugin.PngInfo:
     return info
 
 
-def output_paths(out: Path, n: int) -> list[Path]:
-    """``out.png`` for one image, ``out-1.png`` … ``out-N.png`` for several."""
+#: image suffixes ``-o`` may end in
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def output_paths(out: Path, n: int, seeds: Sequence[int] | None = None, *, folder: bool = False) -> list[Path]:
+    """``out.png`` for one image, ``out-1.png`` … ``out-N.png`` for several; into a folder: ``lorakit-SEED.png``
+    per image."""
+    if folder:
+        seeds = list(seeds) if seeds is not None else list(range(n))
+        return [out / f"lorakit-{s}.png" for s in seeds[:n]]
     if n == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}") for i in range(n)]
+
+
+def _is_folder_output(text: str) -> bool:
+    """``-o`` names a folder: it exists as one, ends with a separator, or has no suffix."""
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)) or not path.suffix:
+        return True
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CliError(f"-o {text}: expected an image file name (.png, .jpg, .webp) or a folder (ending in /)")
+    return False
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype or "default dtype").replace("torch.", "")
 
 
+#: diffusers scheduler class -> the sampler name A1111 writes (and reads back)
+SAMPLER_NAMES = {
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "EulerDiscreteScheduler": "Euler",
+    "FlowMatchEulerDiscreteScheduler": "Euler",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "DPMSolverSDEScheduler": "DPM++ SDE",
+    "DDIMScheduler": "DDIM",
+    "DDPMScheduler": "DDPM",
+    "PNDMScheduler": "PLMS",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+}
+
+
+def sampler_name(scheduler: Any) -> tuple[str, str | None]:
+    """``(A1111 sampler name, schedule type or None)`` of a diffusers scheduler (its class name when A1111 has no
+    name for it; ``"Karras"`` when it uses Karras sigmas)."""
+    cls = type(scheduler).__name__
+    name = SAMPLER_NAMES.get(cls, cls.removesuffix("Scheduler"))
+    config = getattr(scheduler, "config", {}) or {}
+    karras = bool(config.get("use_karras_sigmas", False)) if hasattr(config, "get") else False
+    if cls == "DPMSolverMultistepScheduler" and config.get("algorithm_type") == "sde-dpmsolver++":
+        name = "DPM++ 2M SDE"
+    return name, "Karras" if karras else None
+
+
+def _quote(value: object) -> str:
+    """A1111's rule for infotext values: as they are, or JSON-quoted when they hold ``,``, ``:`` or a newline."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _tag(spec: LoraSpec) -> str:
+    weights = f"{spec.unet:g}" if spec.te == spec.unet else f"{spec.te:g}:{spec.unet:g}"
+    return f"<lora:{spec.name}:{weights}>"
+
+
+def a1111_parameters(
+    prompt: str,
+    negative_prompt: str | None,
+    fields: Sequence[tuple[str, object]],
+) -> str:
+    """The ``parameters`` text A1111 writes into a PNG and reads back (``parse_generation_parameters``): the prompt,
+    ``Negative prompt: …`` when there is one, then ``Key: value, …`` with A1111's quoting. ``None`` values are left
+    out."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def _lora_hash(path: Path) -> str:
+    """A1111's short LoRA hash of a file: the header's ``sshs_model_hash`` when there is one, else the addnet hash."""
+    header_hash = None
+    try:
+        header_hash = read_header(path)[1].get("sshs_model_hash")
+    except LorakitError:  # a pickle: no header, the whole file's sha256
+        pass
+    return file_hashes(path, header_lora_hash=header_hash).lora_hash_short
+
+
+def _model_name(model: str) -> str:
+    path = Path(model).expanduser()
+    return path.name if path.is_dir() else model
+
+
+def _default_guidance(pipe: Any) -> float | None:
+    param = pyinspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    if param is None or not isinstance(param.default, (int, float)):
+        return None
+    return float(param.default)
+
+
+#: the families whose pipelines take one generator per image of a batch (a list); others are called per image
+_GENERATOR_LISTS = {"sd1", "sd2", "sdxl", "sd3", "flux"}
+
+
 def cmd_generate(args: argparse.Namespace, console: Console) -> int:
-    """Load a pipeline and the LoRAs (``--lora`` files and prompt tags), generate, write the images."""
+    """Load a pipeline and the LoRAs (``--lora`` files and prompt tags), generate, write the images with the
+    ``parameters`` text A1111 reads back."""
     if args.steps < 1 or args.num_images < 1:
         raise CliError(f"--steps and --num-images must be at least 1 (got {args.steps} and {args.num_images})")
+    folder = _is_folder_output(args.output)
     prompt, specs = plan_loras(args.prompt or "", args.lora or [], _lora_dirs(args), negative_prompt=args.negative_prompt)
     out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise CliError(f"-o {args.output}: expected an image file name (.png, .jpg, .webp)")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     t_start = time.perf_counter()
@@ -256,6 +450,10 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     console.info(f"prompt: {prompt!r}")
     pipe.set_progress_bar_config(disable=console.quiet, desc="denoising")
     width, height = args.size if args.size else (None, None)
+    seeds = [args.seed + i for i in range(args.num_images)]
+    family = detect.of_components(module_components(pipe))
+    batched = args.num_images == 1 or (family is not None and family.name in _GENERATOR_LISTS)
+    calls = [seeds] if batched else [[s] for s in seeds]
     kwargs = _call_kwargs(
         pipe,
         {
@@ -266,21 +464,45 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
             "height": height,
             "width": width,
             "num_images_per_prompt": args.num_images if args.num_images != 1 else None,
-            "generator": torch.Generator(device="cpu").manual_seed(args.seed),
+            "generator": 0,  # one per image, below
         },
         console,
     )
+    images: list[Any] = []
     with console.step(f"generated {args.num_images} image(s)") as st:
-        images = pipe(**kwargs).images
+        for call_seeds in calls:
+            generators = [torch.Generator(device="cpu").manual_seed(s) for s in call_seeds]
+            kwargs["generator"] = generators if len(generators) > 1 else generators[0]
+            if "num_images_per_prompt" in kwargs:
+                kwargs["num_images_per_prompt"] = len(call_seeds)
+            images += list(pipe(**kwargs).images)
         st["note"] = f"{images[0].size[0]}x{images[0].size[1]}" if images else "no image"
-    params = (
-        f"{prompt}\nNegative prompt: {args.negative_prompt or ''}\nSteps: {args.steps}, Seed: {args.seed}, "
-        f"Guidance: {args.guidance}, Model: {args.model}, LoRAs: "
-        + (", ".join(f"{s.name}:{s.te:g}:{s.unet:g}" for s in specs) or "none")
-        + f", Fused: {bool(args.fuse)}, lorakit"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path, image in zip(output_paths(out, len(images)), images):
+    # what A1111 writes: the prompt as typed with its tags (plus a tag per --lora file the prompt does not name)
+    tagged = {s.name for s in specs if not s.origin.startswith("--lora")}
+    shown_prompt = " ".join([args.prompt or "", *(_tag(s) for s in specs if s.name not in tagged)]).strip()
+    sampler, schedule = sampler_name(getattr(pipe, "scheduler", None))
+    cfg = args.guidance if args.guidance is not None else _default_guidance(pipe)
+    lora_hashes = ", ".join(f"{s.name.replace(':', '').replace(',', '')}: {_lora_hash(s.path)}" for s in specs)
+    paths = output_paths(out, len(images), seeds, folder=folder)
+    (out if folder else out.parent).mkdir(parents=True, exist_ok=True)
+    for path, image, seed in zip(paths, images, seeds):
+        params = a1111_parameters(
+            shown_prompt,
+            args.negative_prompt,
+            [
+                ("Steps", args.steps),
+                ("Sampler", sampler),
+                ("Schedule type", schedule),
+                ("CFG scale", None if cfg is None else f"{cfg:g}"),
+                ("Seed", seed),
+                ("Size", f"{image.size[0]}x{image.size[1]}"),
+                # a diffusers folder or Hub id is no single checkpoint file: A1111 and civitai have no hash of it
+                ("Model", _model_name(args.model)),
+                ("Lora hashes", lora_hashes or None),
+                ("Fused", "True" if args.fuse and specs else None),
+                ("Version", f"lorakit {__version__}"),
+            ],
+        )
         if path.suffix.lower() == ".png":
             image.save(path, pnginfo=_png_info(params))
         else:
@@ -345,6 +567,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "inspect": cmd_inspect,
     "convert": cmd_convert,
+    "list": cmd_list,
     "generate": cmd_generate,
     "bake": cmd_bake,
     "demo": cmd_demo,

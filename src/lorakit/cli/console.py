@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from ..errors import CliError, LorakitError
+from ..log import default_handler
 from ..report import LoadReport
 
-__all__ = ["CliError", "Console", "logging_for", "one_line", "report_lines"]
+__all__ = ["CliError", "Console", "cli_words", "logging_for", "one_line", "report_lines"]
 
 
 class Console:
@@ -78,14 +79,37 @@ def report_lines(report: LoadReport | None, indent: str = "    ") -> list[str]:
     return [indent + line for line in report.summary().splitlines()]
 
 
+#: the library's advice in Python words -> the same advice in command-line words
+_CLI_WORDS = (
+    ("pass components= for other sizes", "pass --model PATH|tiny:FAMILY for other sizes"),
+    ("pass overwrite=True to replace it", "pass --force to overwrite it"),
+    ("pass weight_name= to choose one", "pass --weight-name to choose one"),
+    ("pass weight_name= or check", "pass --weight-name or check"),
+    ("pass family=", "pass --family"),
+    ("(private? pass token=)", "(private? log in with `hf auth login` or set HF_TOKEN)"),
+    ("give a folder (one sub-folder per component is written) or one component",
+     "give -o a folder (one sub-folder per component is written) or --component NAME"),
+    ("write the diffusers or kohya layout instead", "use --to diffusers or --to kohya instead"),
+    ("overwrite=True", "--force"),
+)
+
+
+def cli_words(text: str) -> str:
+    """A library message with its advice in command-line terms (``pass overwrite=True`` -> ``pass --force``)."""
+    for python, cli in _CLI_WORDS:
+        text = text.replace(python, cli)
+    return text
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: lorakit errors as they are; others with their type and a hint to run with ``-v``."""
+    """An exception as one line: lorakit errors as they are (their advice in command-line words); others with
+    their type and a hint to run with ``-v``."""
     text = str(exc).strip()
     if isinstance(exc, KeyError) and not isinstance(exc, LorakitError):
         text = f"missing key {text}"
     first = text.splitlines()[0] if text else ""
     if isinstance(exc, LorakitError):
-        return first
+        return cli_words(first)
     first = f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
     return first + " (run with -v for details)"
 
@@ -108,6 +132,9 @@ def logging_for(verbosity: int, libraries: bool = True) -> Iterator[None]:
     """
     log = logging.getLogger("lorakit")
     saved = (log.level, log.propagate)
+    default = default_handler()
+    had_default = default in log.handlers
+    log.removeHandler(default)  # the command's own handler below prints, once
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -128,6 +155,8 @@ def logging_for(verbosity: int, libraries: bool = True) -> Iterator[None]:
         yield
     finally:
         log.removeHandler(handler)
+        if had_default:
+            log.addHandler(default)
         log.setLevel(saved[0])
         log.propagate = saved[1]
         for lib, verb, bars in restore:

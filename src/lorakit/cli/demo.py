@@ -35,7 +35,7 @@ from ..tiny import tiny_pipeline
 from .console import Console, report_lines
 from .session import module_components
 
-__all__ = ["DEMO_IMAGE", "DEMO_LOHA", "DEMO_LORA", "demo_adapters", "make_grid", "run_demo",
+__all__ = ["DEMO_IMAGE", "DEMO_LOHA", "DEMO_LORA", "demo_adapters", "difference_images", "make_grid", "run_demo",
            "write_demo_file"]
 
 #: file names the demo writes into its output folder (listed in .gitignore)
@@ -141,22 +141,37 @@ def _to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype("uint8"))
 
 
-def make_grid(images: list[tuple[str, Image.Image]], footer: str, *, scale: int = 2) -> Image.Image:
-    """Tiles side by side (nearest-neighbour upscaled ×``scale``), a label above each and a footer line."""
+def difference_images(images: list[np.ndarray], base: np.ndarray) -> tuple[list[Image.Image], float]:
+    """``|image - base|`` per image (channel mean), all scaled by one gain so the largest difference is white; black
+    means identical. Returns the images and the gain."""
+    diffs = [np.abs(im - base).mean(axis=-1) for im in images]
+    peak = max(float(d.max()) for d in diffs)
+    gain = 1.0 / peak if peak > 0 else 1.0
+    return [_to_pil(np.repeat((d * gain)[..., None], 3, axis=-1)) for d in diffs], gain
+
+
+def make_grid(images: list[tuple[str, Image.Image]], footer: str, *, scale: int = 2,
+              diffs: list[tuple[str, Image.Image]] | None = None) -> Image.Image:
+    """Tiles side by side (nearest-neighbour upscaled ×``scale``), a label above each, an optional second row (the
+    differences from the base) and a footer line."""
     font = ImageFont.load_default()
-    tiles = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for _, im in images]
+    rows = [images] + ([diffs] if diffs else [])
+    tiles = [[im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for _, im in row]
+             for row in rows]
     pad, label_h, footer_h = 8, 16, 18
-    tw = max(t.width for t in tiles)
-    th = max(t.height for t in tiles)
-    width = pad + len(tiles) * (tw + pad)
-    height = pad + label_h + th + pad + footer_h
+    tw = max(t.width for row in tiles for t in row)
+    th = max(t.height for row in tiles for t in row)
+    width = pad + max(len(row) for row in tiles) * (tw + pad)
+    height = pad + len(rows) * (label_h + th + pad) + footer_h
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
-    for i, ((label, _), tile) in enumerate(zip(images, tiles)):
-        x = pad + i * (tw + pad)
-        draw.text((x, pad), label, fill="black", font=font)
-        grid.paste(tile, (x, pad + label_h))
-    draw.text((pad, pad + label_h + th + pad), footer, fill=(90, 90, 90), font=font)
+    for r, (row, row_tiles) in enumerate(zip(rows, tiles)):
+        y = pad + r * (label_h + th + pad)
+        for i, ((label, _), tile) in enumerate(zip(row, row_tiles)):
+            x = pad + i * (tw + pad)
+            draw.text((x, y), label, fill="black", font=font)
+            grid.paste(tile, (x, y + label_h))
+    draw.text((pad, pad + len(rows) * (label_h + th + pad)), footer, fill=(90, 90, 90), font=font)
     return grid
 
 
@@ -286,10 +301,15 @@ def _run(out_dir: Path, console: Console, family: str, steps: int, size: int, t_
     ]
 
     with console.step(f"wrote the image grid to {image_path}"):
+        panels = [("base", base), ("LoRA", lora), ("+ LoHa 0.7", mixed), ("+ LoHa, fused", fused),
+                  ("after unload", after)]
+        diff_images, gain = difference_images([im for _, im in panels[1:]], base)
         grid = make_grid(
-            [("base", _to_pil(base)), ("LoRA", _to_pil(lora)), ("+ LoHa 0.7", _to_pil(mixed)),
-             ("+ LoHa, fused", _to_pil(fused)), ("after unload", _to_pil(after))],
-            f"tiny random {family} model: noise by design | seed 0, {steps} steps, \"{_PROMPT}\"",
+            [(label, _to_pil(im)) for label, im in panels],
+            f"tiny random {family} model: noise by design | seed 0, {steps} steps, \"{_PROMPT}\" | row 2: "
+            f"|image - base| x{gain:.1f}, black = identical",
+            diffs=[("difference:", _to_pil(np.zeros_like(base)))]
+            + [(f"|{label.lstrip('+ ')} - base|", im) for (label, _), im in zip(panels[1:], diff_images)],
         )
         grid.save(image_path, optimize=True)
 

@@ -63,24 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", parents=[common], help="what is in a LoRA file (format, kinds, ranks, alphas, family)",
                        description="Describe LoRA files: format, adapter kinds, detected base family, components, "
-                       "ranks, alphas (and where they come from), dtypes, size, kohya/diffusers metadata. With --model "
-                       "also which modules the keys land on and which keys do not land.")
+                       "ranks, alphas (and where they come from), dtypes, size, kohya/diffusers metadata, trigger words, "
+                       "the file's sha256 / AutoV2 / A1111 LoRA hash. With --model also which modules the keys land on "
+                       "and which keys do not land. A full model checkpoint is named as such (exit status 1).")
     p.add_argument("files", nargs="+", metavar="FILE", help="LoRA file(s) (or folder / Hub id with --weight-name)")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file)")
     p.add_argument("--model", metavar="PATH_OR_ID", help=model_help + "; adds coverage")
     p.add_argument("--modules", action="store_true", help="with --model: list every landed module and skipped key")
     p.add_argument("--weight-name", help="the file inside a folder / Hub repository")
+    p.add_argument("--no-hashes", action="store_true", help="skip the file hashes (they read every byte)")
 
     p = sub.add_parser("convert", parents=[common], help=f"rewrite a LoRA file as {', '.join(formats.LAYOUTS)}",
-                       description="Convert a LoRA file to another key layout and write safetensors with metadata.")
+                       description="Convert a LoRA file to another key layout and write safetensors, with its header "
+                       "(kohya ss_*, modelspec.*) carried over and its origin recorded.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--to", required=True, choices=formats.LAYOUTS, help="target layout")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .safetensors file (or folder)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output .safetensors file, or a folder (peft: one sub-folder per component)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (adapter_config.json too)")
     p.add_argument("--family", choices=tuple(families.FAMILIES),
                    help="base family, when the layout depends on it (detected otherwise)")
+    p.add_argument("--model", metavar="PATH_OR_ID", help=model_help + "; resolves module names against it (for "
+                   "models whose sizes differ from the family's reference model)")
+    p.add_argument("--component", metavar="NAME", help="convert only this component (e.g. unet, text_encoder)")
     p.add_argument("--weight-name", help="the file inside a folder / Hub repository")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("list", parents=[common], help="the LoRA files under a folder, as <lora:name> tags see them",
+                       description="List the LoRA files under folders (recursively, header only): the name "
+                       "<lora:name> resolves them by, family, kinds, ranks, size and trigger words.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="LoRA folder(s), as given to generate --lora-dir")
+    p.add_argument("--json", action="store_true", help="print a JSON list (one object per file)")
+    p.add_argument("--hashes", action="store_true", help="also compute each file's sha256, AutoV2 and A1111 LoRA "
+                   "hash (reads every byte)")
 
     p = sub.add_parser("generate", parents=[common], help="generate images with LoRAs (A1111 <lora:name:weight> tags)",
                        description="Load a pipeline, attach lorakit, load the LoRAs given with --lora and as "
@@ -93,12 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder the prompt's <lora:NAME> tags resolve in (repeatable; default $LORAKIT_LORA_DIR)")
     p.add_argument("--steps", type=int, default=30, help="inference steps (default 30)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first image (default 0); image i of a "
+                   "batch gets seed + i, as in A1111")
     p.add_argument("--size", type=parse_size, metavar="WxH", help="image size, e.g. 768x512 (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights before generating (faster)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png",
-                   help="image file; several images are written as OUT-1.png, OUT-2.png, …")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png|DIR/",
+                   help="image file (several images: OUT-1.png, OUT-2.png, …), or a folder (ends in /, exists, or "
+                   "has no suffix) that gets lorakit-SEED.png per image")
 
     p = sub.add_parser("bake", parents=[common], help="fuse LoRAs and save a plain diffusers pipeline folder",
                        description="Fuse LoRAs into a pipeline and save it with save_pretrained: the folder loads "

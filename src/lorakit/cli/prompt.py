@@ -46,6 +46,8 @@ __all__ = [
     "split_file_weight",
     "find_lora",
     "list_loras",
+    "lora_tag_name",
+    "tag_name_in",
 ]
 
 #: file extensions a LoRA name resolves to, in order of preference (safetensors first: no pickle)
@@ -182,13 +184,24 @@ def split_file_weight(spec: str) -> tuple[str, float | None]:
     """``"FILE[:WEIGHT]"`` -> ``(file, weight or None)``.
 
     The weight is whatever follows the last ``:`` when that parses as a number, so ``C:\\loras\\x.safetensors``
-    and ``x.safetensors`` keep their colons / have none. ``"x.safetensors:abc"`` is a file name with a colon.
+    and ``x.safetensors`` keep their colons / have none. A file that exists under the whole name (colon included)
+    is that file. Otherwise, when the part before the last ``:`` is an existing file or has a LoRA file extension
+    (``x.safetensors:abc``), the part after it was meant as a weight and must be a number.
+
+    Raises:
+        PromptTagError: a weight that is not a (finite) number.
     """
     head, sep, tail = spec.rpartition(":")
     if sep and head and tail.strip():
         try:
             value = float(tail)
         except ValueError:
+            meant_weight = Path(head).expanduser().is_file() or Path(head).suffix.lower() in LORA_EXTENSIONS
+            if meant_weight and not Path(spec).expanduser().exists():
+                raise PromptTagError(
+                    f"--lora {spec}: weight {tail.strip()!r} is not a number (expected FILE[:WEIGHT], e.g. "
+                    f"{head}:0.8)"
+                ) from None
             return spec, None
         if not math.isfinite(value):
             raise PromptTagError(f"--lora {spec}: weight {tail!r} is not a finite number")
@@ -235,9 +248,10 @@ def find_lora(
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
+        names = [tag_name_in(c, lora_dirs) for c in candidates]
         raise PromptTagError(
-            f"<lora:{name}> is ambiguous: {summarize(str(c) for c in candidates)}; write the sub-folder, "
-            f"e.g. <lora:{candidates[0].parent.name}/{name}>"
+            f"<lora:{name}> is ambiguous: {summarize(str(c) for c in candidates)}; write the sub-folder: "
+            + ", ".join(f"<lora:{n}>" for n in names[:3]) + (" …" if len(names) > 3 else "")
         )
     known = [Path(f).stem for f in files]
     for d in lora_dirs:
@@ -248,6 +262,35 @@ def find_lora(
         f"<lora:{name}>: no LoRA file named {name!r} (looked in the --lora files and {where})"
         + did_you_mean(norm, known)
     )
+
+
+def tag_name_in(path: Path, lora_dirs: Sequence[str | os.PathLike[str]]) -> str:
+    """The path of ``path`` below the first LoRA folder that holds it, without the extension (``sub/style``); with
+    the extension when a file of the same stem and a preferred extension sits beside it (``sub/style.pt`` next to
+    ``sub/style.safetensors``), so that the name resolves to ``path`` through :func:`find_lora`."""
+    for d in lora_dirs:
+        try:
+            rel = path.resolve().relative_to(Path(d).resolve())
+        except ValueError:
+            continue
+        stem = rel.with_suffix("").as_posix()
+        for ext in LORA_EXTENSIONS:  # the extension find_lora would pick for DIR/stem
+            other = Path(d) / (stem + ext)
+            if other.is_file():
+                return stem if other.resolve() == path.resolve() else rel.as_posix()
+        return stem
+    return path.stem
+
+
+def lora_tag_name(path: Path, lora_dirs: Sequence[str | os.PathLike[str]]) -> str:
+    """The shortest name ``<lora:NAME>`` resolves to ``path`` by: its stem when that is unique below the folders,
+    else its path below its folder (see :func:`tag_name_in`)."""
+    try:
+        if find_lora(path.stem, (), lora_dirs).resolve() == path.resolve():
+            return path.stem
+    except (PromptTagError, SourceNotFoundError):
+        pass
+    return tag_name_in(path, lora_dirs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@
 * :mod:`lorakit.io.sources`: dict / file / folder / Hub resolution (:func:`read_source`, :func:`resolve_file`,
   :func:`read_lora`).
 * :mod:`lorakit.io.write`: :func:`save_safetensors` (temporary file, then rename).
+* :mod:`lorakit.io.hashes`: :func:`file_hashes` (sha256, civitai AutoV2, A1111's LoRA hash).
 
 Example:
     >>> from lorakit.io import read_source
@@ -27,6 +28,7 @@ from .files import (
     read_tensors,
     validate_state_dict,
 )
+from .hashes import FileHashes, file_hashes
 from .sources import Source, choose_weight_name, read_lora, read_source, resolve_file
 from .write import save_safetensors
 
@@ -37,8 +39,10 @@ __all__ = [
     "PEFT_CONFIG_NAME",
     "PICKLE_SUFFIXES",
     "WEIGHT_SUFFIXES",
+    "FileHashes",
     "Source",
     "choose_weight_name",
+    "file_hashes",
     "file_kind",
     "read_file",
     "read_header",

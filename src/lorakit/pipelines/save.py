@@ -9,6 +9,8 @@ in lorakit and in diffusers. :func:`peft_metadata` builds those fields from cano
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import kinds as K
 from ..errors import DestinationError, DestinationExistsError, DTypeError, FormatError, summarize
 from ..io import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_SAFE
 from ..io.write import json_default as _json_default
@@ -30,8 +33,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LORA_ADAPTER_METADATA_KEY",
     "header_metadata",
+    "canonical_fields",
     "pack_layers",
     "parsed_lora_metadata",
+    "refuse_canonical_layers",
     "save_safetensors",
     "write_lora_layers",
 ]
@@ -68,6 +73,36 @@ def pack_layers(layers: Mapping[str, Layers | None]) -> dict[str, Tensor]:
                     f"layers for {prefix!r}: value of {key!r} is a {type(value).__name__}, expected a tensor or module"
                 )
     return out
+
+
+@functools.cache
+def canonical_fields() -> frozenset[str]:
+    """Tensor names of lorakit's canonical kinds that no file layout uses as a key suffix (``down``, ``up``,
+    ``w1a``, ``magnitude``, ...): the last part of the keys ``AdapterManager.adapter_state_dict`` returns."""
+    kinds: tuple[Any, ...] = (*K.KINDS, *K.WRAPPERS, *K.NOT_APPLIED)
+    names = {f.name for k in kinds for f in dataclasses.fields(k)}
+    file_suffixes = {s.text.rsplit(".", 1)[-1] for s in K.vocabulary()}
+    return frozenset(names - file_suffixes - {"alpha", "axis", "convention", "inner"})
+
+
+def refuse_canonical_layers(state_dict: Mapping[str, Tensor]) -> None:
+    """Refuse lorakit's own canonical tensors (``{"<module>.<field>": tensor}``, e.g. from
+    ``get_manager(pipe.unet).adapter_state_dict("style")``) as ``*_lora_layers``: they hold no alphas and no file
+    layout, so the file written from them could not be loaded back. ``lorakit.save_adapter`` saves a loaded adapter.
+
+    Raises:
+        FormatError: some key ends in a canonical field name that no file layout uses.
+    """
+    fields = canonical_fields()
+    bad = [k for k in state_dict if k.rsplit(".", 1)[-1] in fields]
+    if bad:
+        comps = sorted({k.split(".", 1)[0] for k in bad})
+        raise FormatError(
+            f"{', '.join(c + '_lora_layers' for c in comps)}: {len(bad)} of {len(state_dict)} keys are lorakit's "
+            f"canonical adapter tensors (first: {bad[0]!r}, as AdapterManager.adapter_state_dict returns them); "
+            "they carry no alphas and no file layout, so the file could not be loaded back. Save a loaded adapter "
+            "with lorakit.save_adapter(pipe, adapter_name, path), or pass PEFT layers (get_peft_model_state_dict)"
+        )
 
 
 def _flatten_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,7 +197,8 @@ def write_lora_layers(
         The path written, or ``None`` when ``is_main_process`` is ``False``.
 
     Raises:
-        FormatError: nothing to save, or ``metadata`` with ``safe_serialization=False``.
+        FormatError: nothing to save, ``metadata`` with ``safe_serialization=False``, or lorakit's canonical tensors
+            (``AdapterManager.adapter_state_dict``) instead of file layers (see :func:`refuse_canonical_layers`).
         DestinationExistsError: ``save_directory`` is an existing file, or ``weight_name`` names a folder.
         DestinationError: a folder that does not exist (``weight_name`` with a missing subfolder) or cannot be
             written.
@@ -175,6 +211,7 @@ def write_lora_layers(
     state_dict = pack_layers(layers)
     if not state_dict:
         raise FormatError(f"{os.fspath(save_directory)}: no LoRA layers to save (all of {summarize(layers) or 'none'} are empty)")
+    refuse_canonical_layers(state_dict)
     flat = _flatten_metadata(metadata or {})
     if flat and not safe_serialization and save_function is None:
         raise FormatError(
