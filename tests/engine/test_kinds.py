@@ -359,13 +359,16 @@ def test_registry_lists_every_kind_once_with_its_vocabulary() -> None:
     assert len(set(listed)) == len(listed)
     for k in listed:
         assert k.SUFFIXES and k.display != "adapter" and k.kind_name != "base", k
-    # the recognised kinds are claimed by name, by their own rules (OFT 3-D blocks, BOFT 4-D, (IA)^3 on_input)
-    roles = {"oft_blocks": torch.zeros(2, 4, 4)}
-    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims(roles)] == ["oft"]
-    roles = {"oft_blocks": torch.zeros(2, 2, 4, 4), "rescale": torch.zeros(8, 1)}
-    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims(roles)] == ["boft"]
-    assert [k.kind_name for k in kinds.NOT_APPLIED if k.claims({"weight": torch.zeros(4), "on_input": torch.zeros(())})] == ["ia3"]
-    assert not any(k.claims({"weight": torch.zeros(4)}) for k in (*kinds.KINDS, *kinds.NOT_APPLIED))
+    # the multiplicative kinds are claimed by their own rules (OFT 3-D blocks, BOFT 4-D, (IA)^3 on_input, GLoRA a1..b2)
+    def claimants(roles: dict[str, torch.Tensor]) -> list[str]:
+        return [k.kind_name for k in (*kinds.KINDS, *kinds.NOT_APPLIED) if k.claims(roles)]
+
+    assert claimants({"oft_blocks": torch.zeros(2, 4, 4)}) == ["oft"]
+    assert claimants({"oft_diag": torch.zeros(2, 4, 4)}) == ["oft"]
+    assert claimants({"oft_blocks": torch.zeros(2, 2, 4, 4), "rescale": torch.zeros(8, 1)}) == ["boft"]
+    assert claimants({"weight": torch.zeros(4), "on_input": torch.zeros(())}) == ["ia3"]
+    assert claimants({f"glora_{n}": torch.zeros(2, 2) for n in ("a1", "a2", "b1", "b2")}) == ["glora"]
+    assert not claimants({"weight": torch.zeros(4)})
 
 
 def test_check_fits_norm_layers_and_bias() -> None:

@@ -343,3 +343,215 @@ def test_glora_padded_keeps_delta() -> None:
     assert torch.allclose(wide.delta_weight(w), kind.delta_weight(w), atol=1e-5)
     with pytest.raises(HotswapError):
         wide.padded(4)
+
+
+# ----------------------------------------------------------------------------------- through the registry and the manager
+def _from_file_names(tensors: dict[str, torch.Tensor], layout: str = "") -> AdapterKind:
+    """One module's tensors (LyCORIS names) -> the kind the registry builds: suffix -> role by the kinds' own
+    vocabularies, the one claiming kind's ``from_roles``, alpha applied as formats apply it."""
+    from lorakit import kinds
+    from lorakit.kinds.vocab import KOHYA, KeySource
+
+    by_suffix = {s.text: s.role for k in kinds.KINDS for s in k.SUFFIXES if s.style == KOHYA}
+    roles = {by_suffix.get(sfx, sfx): t for sfx, t in tensors.items()}
+    claimants = [k for k in kinds.KINDS if k.claims(roles)]
+    assert len(claimants) == 1, claimants
+    kind = claimants[0].from_roles(roles, KeySource(layout))
+    alpha = roles.get("alpha")
+    return kind.with_alpha(None if alpha is None or float(alpha) == 0 else float(alpha))
+
+
+MANAGER_PARAMS = [
+    pytest.param(algo, kw, layer, dtype, id=f"{algo}{i}-{layer}-{dname}")
+    for i, (algo, kw) in enumerate(CASES)
+    for layer in LAYERS
+    for dname, dtype in DTYPES.items()
+]
+
+
+@pytest.mark.parametrize(("algo", "kw", "layer_name", "dtype"), MANAGER_PARAMS)
+def test_manager_fused_equals_unfused_equals_lycoris(algo: str, kw: dict, layer_name: str, dtype: torch.dtype) -> None:
+    """The kind built by the registry from LyCORIS's own tensors, applied by the manager: unfused == fused ==
+    LyCORIS's module forward; unfuse and unload give the base bit for bit; weight 0 is the base exactly."""
+    from lorakit.engine import AdapterManager
+
+    layer = _layer(layer_name)
+    mod = _module(algo, layer, **kw)
+    layer.to(dtype)
+    mod.to(dtype)
+    x = _x(layer_name, dtype)
+    with torch.no_grad():
+        expected = mod(x).float()
+    kind = _from_file_names(_tensors(mod))
+    assert kind.kind_name == {"oft": "oft", "boft": "boft", "ia3": "ia3", "glora": "glora"}[algo]
+
+    model = nn.Sequential(layer)
+    w0 = layer.weight.detach().clone()
+    ptr = layer.weight.data_ptr()
+    with torch.no_grad():
+        base = model(x)
+    mgr = AdapterManager(model)
+    mgr.add_adapter("a", {"0": kind})
+    with torch.no_grad():
+        unfused = model(x).float()
+        mgr.fuse()
+        fused = model(x).float()
+    scale = float(expected.abs().max())
+    tol = TOL[dtype] * scale
+    assert float((unfused - expected).abs().max()) <= tol
+    assert float((fused - expected).abs().max()) <= tol
+    assert float((fused - unfused).abs().max()) <= tol
+    assert float((fused - base.float()).abs().max()) > 0.02 * scale  # the adapter does something
+
+    mgr.unfuse()
+    assert torch.equal(layer.weight, w0) and layer.weight.data_ptr() == ptr
+    with torch.no_grad():
+        assert torch.equal(model(x).float(), unfused)
+        mgr.set_adapters(["a"], [0.0])  # strength 0: the base, unfused and fused
+        assert torch.equal(model(x), base)
+        mgr.fuse()
+        assert torch.equal(layer.weight, w0)
+        mgr.unfuse()
+        mgr.set_adapters(["a"], [1.0])
+        mgr.unload()
+        assert torch.equal(model(x), base) and torch.equal(layer.weight, w0)
+
+
+@pytest.mark.parametrize(("algo", "kw"), CASES, ids=[f"{a}{i}" for i, (a, _) in enumerate(CASES)])
+def test_written_tensors_read_back_to_the_same_delta(algo: str, kw: dict) -> None:
+    """``lycoris_tensors()`` uses the kind's own suffixes and rebuilds the same delta through the registry (the
+    (IA)³ flag as a float, the OFT/BOFT constraint kept)."""
+    for layer_name in ("linear", "conv3x3"):
+        layer = _layer(layer_name)
+        kind = _from_file_names(_tensors(_module(algo, layer, **kw)))
+        written = kind.lycoris_tensors()
+        assert all(t.is_floating_point() for t in written.values())
+        back = _from_file_names(dict(written))
+        assert type(back) is type(kind) and back.shapes() == kind.shapes() and back.rank == kind.rank
+        w = layer.weight.detach()
+        torch.testing.assert_close(back.delta_weight(w), kind.delta_weight(w), rtol=1e-6, atol=1e-7)
+
+
+def test_kohya_oft_writes_back_as_itself_and_portably() -> None:
+    """kohya's clamp is kept under its own layout; the LyCORIS spelling folds it into the blocks (alpha 0 = no
+    constraint in LyCORIS), so either reader rebuilds the same rotation, also where kohya's alpha 0 collapses Q."""
+    w = torch.randn(24, 16, generator=torch.Generator().manual_seed(4))
+    for alpha in (1e-3, 0.0, 2.0):
+        blocks = 0.2 * torch.randn(6, 4, 4, generator=torch.Generator().manual_seed(6))
+        kind = _from_file_names({"oft_blocks": blocks, "alpha": torch.tensor(alpha)}, layout="kohya-oft")
+        assert isinstance(kind, OFT) and kind.convention == "kohya" and kind.alpha == pytest.approx(alpha)
+        native = kind.native()
+        assert native is not None and native[0] == "kohya-oft"
+        assert torch.equal(native[1]["oft_blocks"], blocks) and float(native[1]["alpha"]) == kind.alpha
+        portable = _from_file_names(kind.lycoris_tensors())
+        assert isinstance(portable, OFT) and portable.convention == "lycoris"
+        torch.testing.assert_close(portable.delta_weight(w), kind.delta_weight(w), rtol=1e-5, atol=1e-6)
+    assert OFT(blocks, alpha=0.1).native() is None  # LyCORIS files stay LyCORIS
+
+
+def test_glora_old_layout_reads_as_today() -> None:
+    """Old LyCORIS GLoRA names the factors the other way round (a1 (r, in), a2 (in, r), b1 (r, in), b2 (out, r))."""
+    g = torch.Generator().manual_seed(8)
+    for out, inn, r in ((48, 32, 4), (16, 16, 3)):  # square: both shape tests pass, the smaller size is the rank
+        a1, a2, b1, b2 = (torch.randn(s, generator=g) for s in ((inn, r), (r, inn), (out, r), (r, inn)))
+        new = _from_file_names({"a1.weight": a1, "a2.weight": a2, "b1.weight": b1, "b2.weight": b2, "alpha": torch.tensor(2.0)})
+        old = _from_file_names({"a1.weight": a2, "a2.weight": a1, "b1.weight": b2, "b2.weight": b1, "alpha": torch.tensor(2.0)})
+        w = torch.randn(out, inn, generator=g)
+        assert new.rank == old.rank == r
+        torch.testing.assert_close(old.delta_weight(w), new.delta_weight(w))
+
+
+# ----------------------------------------------------------------------------------- rows of fused projections
+def _rows_case(kind: AdapterKind, total: int, in_shape: tuple[int, ...], rows: torch.Tensor) -> None:
+    """``select_rows`` keeps exactly those rows of the delta (taken of the selected rows' own base weight)."""
+    w = torch.randn(total, *in_shape, generator=torch.Generator().manual_seed(5))
+    part = kind.select_rows(rows, total, in_shape)
+    part.check_shape(torch.Size((rows.numel(), *in_shape)), "part")
+    torch.testing.assert_close(part.delta_weight(w[rows]), kind.delta_weight(w)[rows], rtol=1e-5, atol=1e-6)
+
+
+SPLIT_KINDS = {
+    "oft": lambda: OFT(0.3 * torch.randn(6, 4, 4), alpha=2e-3, rescale=torch.rand(24, 1) + 0.5),
+    "oft-kohya": lambda: OFT(0.3 * torch.randn(6, 4, 4), alpha=2e-3, convention="kohya"),
+    "boft": lambda: BOFT(0.3 * torch.randn(1, 6, 4, 4), alpha=1e-3, rescale=torch.rand(24, 1) + 0.5),
+    "ia3": lambda: IA3(torch.randn(24)),
+    "ia3-in": lambda: IA3(torch.randn(16), on_input=True),
+    "glora": lambda: GLoRA(torch.randn(16, 2), torch.randn(2, 16), torch.randn(24, 2), torch.randn(2, 16), alpha=1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_KINDS))
+def test_split_and_swap_rows_are_exact(name: str) -> None:
+    torch.manual_seed(0)
+    kind = SPLIT_KINDS[name]()
+    for size in ((8, 8, 8),):  # q|k|v of 8 rows: whole OFT blocks of 4, whole BOFT spans of 8
+        parts = kind.split_rows(list(size), (16,))
+        start = 0
+        w = torch.randn(24, 16, generator=torch.Generator().manual_seed(1))
+        for n, part in zip(size, parts):
+            rows = torch.arange(start, start + n)
+            torch.testing.assert_close(part.delta_weight(w[rows]), kind.delta_weight(w)[rows], rtol=1e-5, atol=1e-6)
+            start += n
+    _rows_case(kind, 24, (16,), torch.cat([torch.arange(12, 24), torch.arange(0, 12)]))  # adaLN halves swapped
+
+
+def test_boft_splits_along_whole_spans_of_its_last_stage() -> None:
+    torch.manual_seed(3)
+    kind = BOFT(0.3 * torch.randn(2, 12, 4, 4), alpha=1e-3, rescale=torch.rand(48, 1, 1, 1) + 0.5)  # span 8 rows
+    assert kind.span == 8
+    w = torch.randn(48, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    for part, rows in zip(kind.split_rows([16, 16, 16], (4, 3, 3)), torch.arange(48).reshape(3, 16)):
+        torch.testing.assert_close(part.delta_weight(w[rows]), kind.delta_weight(w)[rows], rtol=1e-5, atol=1e-6)
+    _rows_case(kind, 48, (4, 3, 3), torch.cat([torch.arange(24, 48), torch.arange(0, 24)]))
+
+
+def test_rows_that_straddle_blocks_are_not_separable() -> None:
+    from lorakit.kinds import NotSeparable
+
+    oft = OFT(torch.randn(4, 6, 6), alpha=0.0)  # blocks of 6 over q|k|v of 8
+    with pytest.raises(NotSeparable, match="straddle"):
+        oft.split_rows([8, 8, 8], (16,))
+    boft = BOFT(torch.randn(3, 4, 6, 6), alpha=0.0)  # LyCORIS' default stage count: the last stage spans all rows
+    with pytest.raises(NotSeparable):
+        boft.split_rows([8, 8, 8], (16,))
+    with pytest.raises(NotSeparable):
+        boft.select_rows(torch.cat([torch.arange(12, 24), torch.arange(0, 12)]), 24, (16,))
+
+
+# ----------------------------------------------------------------------------------- hotswap through the manager
+def test_hotswap_keeps_shapes_and_gives_the_new_adapter() -> None:
+    """Same-shape OFT/BOFT/(IA)³ swap in place; GLoRA is padded to the target rank; a module the new adapter does
+    not target gets an identity (zero-delta) adapter of the old shapes."""
+    from lorakit.engine import AdapterManager
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 24), nn.Linear(24, 24), nn.Linear(24, 24))
+    x = torch.randn(3, 16)
+
+    def make(seed: int, r: int) -> dict[str, AdapterKind]:
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "0": GLoRA(*(0.3 * torch.randn(s, generator=g) for s in ((16, r), (r, 16), (24, r), (r, 16))), alpha=1.0),
+            "1": OFT(0.3 * torch.randn(6, 4, 4, generator=g), alpha=0.0),
+            "2": BOFT(0.3 * torch.randn(2, 6, 4, 4, generator=g), alpha=0.0),
+            "3": IA3(torch.randn(24, generator=g)),
+        }
+
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    mgr = AdapterManager(model)
+    mgr.hotswap_rank = 6
+    mgr.add_adapter("a", mgr.padded(make(0, 4)))
+    with torch.no_grad():
+        model(x)
+    for seed, r, keep in ((1, 2, ("0", "1", "2", "3")), (2, 6, ("0", "2"))):
+        new = {p: k for p, k in make(seed, r).items() if p in keep}
+        full = mgr.prepare_hotswap("a", new)
+        mgr.hotswap("a", full)
+        ref = nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 24), nn.Linear(24, 24), nn.Linear(24, 24))
+        ref.load_state_dict(base_state)
+        with torch.no_grad():
+            for p, k in new.items():
+                lin = ref[int(p)]
+                lin.weight.copy_(lin.weight + k.delta_weight(lin.weight))
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert all(type(mgr.adapters["a"][p]) is type(k) for p, k in make(0, 4).items())

@@ -185,7 +185,14 @@ def test_alpha_network_alphas_spelling_and_conflict_warning(sd1):
 
 
 # ------------------------------------------------------------------------------------------------ report / errors
-def test_report_reasons_and_closest_names(sd1):
+def test_report_reasons_and_closest_names(sd1, monkeypatch):
+    from lorakit import kinds
+
+    # the rule for a kind lorakit recognises but does not apply (every LyCORIS kind is applied since issue 13):
+    # simulate one registry where OFT, BOFT, (IA)^3 and GLoRA are not applied yet
+    extra = (kinds.OFT, kinds.BOFT, kinds.IA3, kinds.GLoRA)
+    monkeypatch.setattr(kinds, "KINDS", tuple(k for k in kinds.KINDS if k not in extra))
+    monkeypatch.setattr(kinds, "NOT_APPLIED", extra)
     sd: dict = {}
     lora(sd, f"lora_unet_{ATT.replace('.', '_')}_attn1_to_q", 8, 8)
     lora(sd, "lora_te2_text_model_encoder_layers_0_mlp_fc1", 24, 16)  # no text_encoder_2 here

@@ -8,14 +8,17 @@ roles takes it; a group a second kind also claims is reported (tensors of severa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
 from .. import kinds
 from .. import report as R
-from ..errors import DTypeError, FormatError
-from ..kinds import AdapterKind
+from ..errors import DTypeError, FormatError, ShapeMismatchError
+from ..kinds import AdapterKind, KeySource
+from .alphas import parse_metadata, resolve_alpha
 from .keys import NEUTRAL, PLAIN_ROLES, SCALAR_ROLES, ParsedKey
 
 
@@ -59,14 +62,22 @@ class Group:
         return next(iter(self.keys.values()))
 
 
+def module_name(pk: ParsedKey) -> str:
+    """The module a key names, spelled once per naming scheme: under an underscored prefix every '.' is a '_'
+    (diffusers' kohya export writes ``lora_unet_…_attn1.to_k.lora_magnitude_vector`` beside
+    ``lora_unet_…_attn1_to_k.lora_down.weight``: one module), dotted names as written."""
+    return pk.name.replace(".", "_") if pk.prefix.naming == "underscored" else pk.name
+
+
 def group_keys(parsed: list[ParsedKey], state_dict: dict[str, Tensor]) -> list[Group]:
     """The parsed keys grouped by (prefix, module name), in file order."""
     groups: dict[tuple[str, str], Group] = {}
     for pk in parsed:
-        gk = (pk.prefix.text, pk.name)
+        name = module_name(pk)
+        gk = (pk.prefix.text, name)
         g = groups.get(gk)
         if g is None:
-            g = groups[gk] = Group(pk.prefix.text, pk.prefix.scope, pk.name, pk.layout)
+            g = groups[gk] = Group(pk.prefix.text, pk.prefix.scope, name, pk.layout)
         g.add(pk, state_dict[pk.key])
     return list(groups.values())
 
@@ -92,13 +103,13 @@ def claim(group: Group) -> type[AdapterKind]:
         rest = set(roles) - SCALAR_ROLES
         recognised = _not_applied(rest)
         if recognised:
-            raise Skip(R.UNSUPPORTED_KIND, f"{_names(recognised)} tensors ({', '.join(sorted(rest))}): not supported")
+            raise Skip(R.UNSUPPORTED_KIND, f"unsupported kind {_names(recognised)} (tensors {', '.join(sorted(rest))})")
         if rest and rest <= PLAIN_ROLES:
             raise Skip(R.UNRECOGNISED, "a plain weight/bias, not an adapter tensor")
         raise Skip(R.INCOMPLETE, f"only {', '.join(sorted(roles))} for this module, no adapter weights")
     kind = claimants[0]
     if kind in kinds.NOT_APPLIED:
-        raise Skip(R.UNSUPPORTED_KIND, f"{kind.display} adapters are not supported ({group.layout} layout)")
+        raise Skip(R.UNSUPPORTED_KIND, f"unsupported kind {kind.display} ({group.layout} layout): recognised, not applied")
     return kind
 
 
@@ -117,8 +128,12 @@ def leftovers(group: Group, used: set[str]) -> list[tuple[str, str, str]]:
         if role in used or role in SCALAR_ROLES:
             continue
         found = _not_applied({role})
+        owners = [k for k in kinds.KINDS if role in k.roles()] if role not in PLAIN_ROLES else []
         if found:
-            out.append((key, R.UNSUPPORTED_KIND, f"a {_names(found)} tensor ({role}); not supported"))
+            out.append((key, R.UNSUPPORTED_KIND, f"unsupported kind {_names(found)} (a {role} tensor)"))
+        elif owners:
+            out.append((key, R.UNSUPPORTED_KIND, f"a {_names(owners)} tensor ({role}) beside another kind's: tensors "
+                        "of several algorithms on one module"))
         else:
             out.append((key, R.UNRECOGNISED, f"{role} is not part of the module's adapter"))
     return out
@@ -133,3 +148,35 @@ def scalar(t: Tensor, key: str) -> float | None:
     if t.device.type == "meta":
         return None
     return float(t.reshape(()).item())
+
+
+def file_adapters(
+    state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None
+) -> list[tuple[Group, AdapterKind]]:
+    """Every module's adapter as the file alone describes it: its keys claimed and built by their kind, alpha
+    resolved from the module's own tensors and the header, the wrappers applied; no model, so no name is resolved
+    and no shape is checked against a weight (what ``lorakit.inspect`` reports as the file's kinds, ranks and alphas,
+    whether or not the file fits a model). Modules whose keys make no adapter are left out (a load reports them)."""
+    from .registry import parse_keys  # registry imports the layouts, which import this module's neighbours
+
+    sd = dict(state_dict)
+    parsed, _ = parse_keys(sd)
+    ctx = parse_metadata(metadata)
+    out: list[tuple[Group, AdapterKind]] = []
+    for group in group_keys(parsed, sd):
+        t = group.tensors
+        try:
+            kind_cls = claim(group)
+            check_float(group, kind_cls)
+            kind = kind_cls.from_roles(t, KeySource(group.layout, metadata or {}))
+            t_alpha = scalar(t["alpha"], group.keys["alpha"]) if "alpha" in t else None
+            t_scale = scalar(t["scale"], group.keys["scale"]) if "scale" in t else None
+            kxk = any(v.dim() == 4 and (v.shape[-1] > 1 or v.shape[-2] > 1) for v in t.values())
+            alpha, _ = resolve_alpha(ctx, group.scope or "", [group.name], kind.rank, t_alpha, t_scale, kxk)
+            kind = kind.with_alpha(alpha)
+            for wrapper in kinds.WRAPPERS:
+                kind, _ = wrapper.wrap(kind, t)
+        except (Skip, DTypeError, FormatError, ShapeMismatchError):  # FormatError: the kinds' own errors too
+            continue
+        out.append((group, kind))
+    return out

@@ -31,6 +31,7 @@ __all__ = [
     "PLAIN_ROLES",
     "add_prefixes",
     "prefixes",
+    "scalar_key",
     "split_prefix",
     "split_suffix",
 ]
@@ -116,6 +117,17 @@ def split_suffix(key: str) -> tuple[str, str, str, bool] | None:
                     break
         return name, e.role, e.style, attnproc
     return None
+
+
+def scalar_key(key: str) -> bool:
+    """Whether ``key`` names a one-value setting rather than an adapter tensor: an ``alpha`` / ``.scale``, or a kind's
+    flag (``AdapterKind.FLAG_ROLES``: (IA)³'s ``on_input``, which LyCORIS saves as int64). Such keys may hold integers,
+    and a header-only read needs their values."""
+    split = split_suffix(key)
+    if split is None:
+        return key == "alpha"
+    role = split[1]
+    return role in SCALAR_ROLES or any(role in k.FLAG_ROLES for k in (*kinds.KINDS, *kinds.NOT_APPLIED))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ see :mod:`lorakit.kinds.base`). The lists below are the only place that says whi
   unsupported, by the kind's name, never dropped silently.
 
 Adding a kind = one file (a frozen dataclass deriving from :class:`AdapterKind` with ``SUFFIXES``, ``from_roles``,
-``lycoris_tensors``, ``check_shape`` and, where it applies, ``select_rows``) + one entry in :data:`KINDS`; a kind of
-:data:`NOT_APPLIED` is registered by moving its entry to :data:`KINDS` once its file reads and writes it.
+``lycoris_tensors``, ``check_shape`` and, where it applies, ``select_rows``, ``padded``/``zeroed`` and ``native``) +
+one entry in :data:`KINDS`; a kind of :data:`NOT_APPLIED` is registered by moving its entry to :data:`KINDS` once its
+file reads and writes it. Multiplicative kinds (OFT, BOFT, (IA)³, GLoRA) fit the same protocol: ``delta_weight(base)``
+is ``W' − W`` of the original weight, so a strength ``s`` gives ``W + s·(W' − W)``.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from .lora import LoRA
 from .oft import OFT
 from .vocab import KeySource, Suffix
 
-KINDS: tuple[type[AdapterKind], ...] = (LoRA, LoHa, LoKr, Full)
+KINDS: tuple[type[AdapterKind], ...] = (LoRA, LoHa, LoKr, Full, OFT, BOFT, IA3, GLoRA)
 WRAPPERS: tuple[type[DoRA], ...] = (DoRA,)
-NOT_APPLIED: tuple[type[AdapterKind], ...] = (OFT, BOFT, IA3, GLoRA)
+NOT_APPLIED: tuple[type[AdapterKind], ...] = ()
 
 
 def vocabulary() -> tuple[Suffix, ...]:
@@ -39,12 +41,16 @@ def vocabulary() -> tuple[Suffix, ...]:
 
 
 __all__ = [
+    "BOFT",
+    "IA3",
     "KINDS",
     "NOT_APPLIED",
+    "OFT",
     "WRAPPERS",
     "AdapterKind",
     "DoRA",
     "Full",
+    "GLoRA",
     "KeySource",
     "LoHa",
     "LoKr",

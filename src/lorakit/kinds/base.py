@@ -129,6 +129,14 @@ class AdapterKind:
         """The sd-scripts ``ss_network_module`` that loads this kind."""
         return "lycoris.kohya"
 
+    def native(self) -> tuple[str, dict[str, Tensor]] | None:
+        """``(layout name, suffix -> tensor)`` for an adapter that belongs to a layout of its own, whose key prefixes
+        name it and whose tensors mean something else than their LyCORIS spelling (kohya ``networks.oft``:
+        ``("kohya-oft", {...})``, its ``alpha`` a clamp LyCORIS reads differently). Writers use it where that layout
+        has a prefix for the component and :meth:`lycoris_tensors` (which must then give the same delta under any
+        LyCORIS-reading layout) everywhere else. ``None``: the kind has no such layout."""
+        return None
+
     def _alpha_entry(self) -> dict[str, Tensor]:
         """``{"alpha": alpha}``, alpha = rank written out when absent (a missing .alpha would fall back to header
         values on reload); empty for kinds with neither."""
@@ -263,6 +271,28 @@ class AdapterKind:
     @property
     def dtype(self) -> torch.dtype:
         return next(t for _, t in self.named_tensors()).dtype
+
+
+def scalar_value(t: Tensor | None, where: str = "") -> float | None:
+    """The value of a one-element tensor a kind reads itself (OFT's constraint ``alpha``); ``None`` when absent or
+    a meta tensor (no data)."""
+    if t is None or t.device.type == "meta":
+        return None
+    if t.numel() != 1:
+        raise ShapeMismatchError(f"{where or 'adapter'}: expected a scalar, got a tensor of shape {tuple(t.shape)}")
+    return float(t.reshape(()).item())
+
+
+def whole_chunks(rows: Tensor, size: int, what: str) -> Tensor:
+    """The chunk indices of ``rows`` when they are whole, aligned, ascending chunks of ``size`` rows (``[2, 0]`` for
+    rows ``2s … 3s−1, 0 … s−1``); :class:`NotSeparable` otherwise (a chunk would straddle two parts)."""
+    n = rows.numel()
+    chunks = rows.reshape(-1, size).cpu() if size > 0 and n % size == 0 else None
+    if chunks is None or bool((chunks[:, 0] % size != 0).any()) or not bool(
+        (chunks - chunks[:, :1] == torch.arange(size)).all()
+    ):
+        raise NotSeparable(f"{n} rows are not whole {what} of {size} rows: one would straddle two parts")
+    return chunks[:, 0] // size
 
 
 def f32(t: Tensor) -> Tensor:

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeMismatchError
-from .base import AdapterKind, f32
-from .oft import LYCORIS, cayley, limit_norm, skew
-from .vocab import Suffix
+from .base import AdapterKind, f32, need, scalar_value, whole_chunks
+from .oft import LYCORIS, cayley, limit_norm, norm_factor, skew
+from .vocab import KeySource, Suffix
 
 
 def butterfly_order(out: int, half_block: int, stage: int, device: torch.device | None = None) -> Tensor:
@@ -51,14 +51,33 @@ class BOFT(AdapterKind):
 
     kind_name = "boft"
     display = "BOFT"
-    #: LyCORIS ``boft``: 4-D ``oft_blocks`` (stages, blocks, size, size) and the optional ``rescale`` (shared with OFT).
-    #: Not registered yet (``kinds.NOT_APPLIED``).
+    #: LyCORIS ``boft``: 4-D ``oft_blocks`` (stages, blocks, size, size) and the optional ``rescale`` (shared with OFT);
+    #: ``alpha`` (the neutral suffix) is the constraint
     SUFFIXES = (Suffix("oft_blocks", "oft_blocks"), Suffix("rescale", "rescale"))
 
     @classmethod
     def claims(cls, roles: Mapping[str, Tensor]) -> bool:
         blocks = roles.get("oft_blocks")
         return blocks is not None and blocks.dim() == 4
+
+    @classmethod
+    def from_roles(cls, roles: Mapping[str, Tensor], source: KeySource) -> BOFT:
+        """4-D ``oft_blocks`` (+ ``rescale``); ``alpha`` is the constraint, read here (see :meth:`with_alpha`)."""
+        (blocks,) = need(roles, "oft_blocks", kind="BOFT")
+        kind = cls(blocks=blocks, alpha=scalar_value(roles.get("alpha"), "BOFT alpha"), rescale=roles.get("rescale"))
+        kind.check_tensors("BOFT")
+        return kind
+
+    def with_alpha(self, alpha: float | None) -> BOFT:
+        """Itself: BOFT's ``alpha`` is the norm constraint, not a scale's alpha."""
+        return self
+
+    def lycoris_tensors(self) -> dict[str, Tensor]:
+        alpha = 0.0 if self.alpha is None else float(self.alpha)
+        out = {"oft_blocks": self.blocks, "alpha": torch.tensor(alpha, dtype=torch.float32)}
+        if self.rescale is not None:
+            out["rescale"] = self.rescale
+        return out
 
     @property
     def stages(self) -> int:
@@ -103,27 +122,66 @@ class BOFT(AdapterKind):
         w = f32(base)
         return self.transform(w) - w
 
+    @property
+    def span(self) -> int:
+        """The rows the last butterfly stage mixes together: ``b · 2**(m−1)`` (every earlier stage mixes fewer)."""
+        return self.block_size * 2 ** (self.stages - 1)
+
+    def unconstrained(self) -> BOFT:
+        """The same transform with the norm limit (global over every stage and block) folded into the blocks."""
+        factor = norm_factor(skew(self.blocks), self.constraint, LYCORIS)
+        blocks = f32(self.blocks) if factor is None else f32(self.blocks) * factor
+        return dataclasses.replace(self, blocks=blocks, alpha=None)
+
+    def select_rows(self, rows: Tensor, total: int, in_shape: tuple[int, ...]) -> BOFT:
+        """Exact when ``rows`` are whole spans of the last stage (:attr:`span` rows, which every stage keeps apart):
+        each stage's blocks of those spans, with the norm limit of the whole taken first. LyCORIS' default stage count
+        (``log2(n) + 1``) makes the last stage span every row, so its adapters never split.
+
+        Raises:
+            NotSeparable: a butterfly stage mixes rows of two parts.
+        """
+        span = self.span
+        idx = whole_chunks(rows, span, "BOFT butterfly spans")
+        per = span // self.block_size
+        blocks_idx = (idx[:, None] * per + torch.arange(per)).reshape(-1)
+        kind = self.unconstrained()
+        rescale = None
+        if self.rescale is not None:
+            rescale = self.rescale.reshape(total, -1)[rows].reshape(rows.numel(), *self.rescale.shape[1:])
+        return dataclasses.replace(kind, blocks=kind.blocks[:, blocks_idx.to(kind.blocks.device)], rescale=rescale)
+
     def zeroed(self, where: str = "") -> BOFT:
         """Same shapes, identity transform (zero delta): zero blocks, unit rescale."""
         rescale = None if self.rescale is None else torch.ones_like(self.rescale)
         return dataclasses.replace(self, blocks=torch.zeros_like(self.blocks), rescale=rescale)
 
-    def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
+    def check_tensors(self, where: str = "") -> None:
         where = where or self.kind_name
         shapes = self.shapes()
         if self.blocks.dim() != 4 or self.blocks.shape[2] != self.blocks.shape[3]:
             raise ShapeMismatchError(
                 f"{where}: BOFT oft_blocks must be (stages, blocks, size, size), got {shapes}"
             )
+        m, n, b = self.stages, self.block_count, self.block_size
+        if b % 2 or b == 0 or m < 1 or n % 2 ** (m - 1):
+            raise ShapeMismatchError(
+                f"{where}: {m} butterfly stages need an even block size and 2**{m - 1} dividing {n} blocks ({shapes})"
+            )
+        if self.rescale is not None and self.rescale.numel() != self.out_features:
+            raise ShapeMismatchError(
+                f"{where}: rescale has {self.rescale.numel()} values for {self.out_features} rows ({shapes})"
+            )
+
+    def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
+        where = where or self.kind_name
+        self.check_tensors(where)
+        shapes = self.shapes()
         if len(base_shape) < 2:
             raise ShapeMismatchError(
                 f"{where}: BOFT needs a Linear or Conv weight, got shape {tuple(base_shape)}"
             )
-        m, n, b = self.stages, self.block_count, self.block_size
-        if b % 2 or m < 1 or n % 2 ** (m - 1):
-            raise ShapeMismatchError(
-                f"{where}: {m} butterfly stages need an even block size and 2**{m - 1} dividing {n} blocks ({shapes})"
-            )
+        n, b = self.block_count, self.block_size
         if self.out_features != base_shape[0]:
             raise ShapeMismatchError(
                 f"{where}: {n} blocks of {b} cover {self.out_features} rows, the weight of shape {tuple(base_shape)} "

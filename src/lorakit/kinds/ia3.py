@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,8 +11,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeMismatchError
-from .base import AdapterKind, f32
-from .vocab import Suffix
+from .base import AdapterKind, f32, need, scalar_value
+from .vocab import KeySource, Suffix
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -34,11 +36,25 @@ class IA3(AdapterKind):
     kind_name = "ia3"
     display = "(IA)^3"
     #: LyCORIS ``ia3``: the module's plain ``.weight`` key holds the scaling vector, ``.on_input`` (an int64 or
-    #: save-dtype scalar) says which axis; ``on_input`` is what tells it from a plain weight. Not registered yet
-    #: (``kinds.NOT_APPLIED``).
+    #: save-dtype scalar) says which axis; ``on_input`` is what tells it from a plain weight.
     SUFFIXES = (Suffix("weight", "weight"), Suffix("on_input", "on_input"))
     CLAIMS: ClassVar[frozenset[str] | None] = frozenset({"on_input"})
     FLAG_ROLES: ClassVar[frozenset[str]] = frozenset({"on_input"})
+
+    @classmethod
+    def from_roles(cls, roles: Mapping[str, Tensor], source: KeySource) -> IA3:
+        """``weight`` and ``on_input`` (any dtype: non-zero means input side). A meta ``on_input`` (a header-only read
+        that did not read it) is taken as the output side."""
+        weight, flag = need(roles, "weight", "on_input", kind="(IA)^3")
+        value = scalar_value(flag, "(IA)^3 on_input")
+        kind = cls(weight=weight, on_input=bool(value))
+        kind.check_tensors("(IA)^3")
+        return kind
+
+    def lycoris_tensors(self) -> dict[str, Tensor]:
+        """``weight`` as stored and ``on_input`` as a 0-d fp32 flag (what sd-scripts writes with a save precision;
+        every reader takes it as ``value != 0``)."""
+        return {"weight": self.weight, "on_input": torch.tensor(float(self.on_input), dtype=torch.float32)}
 
     @property
     def axis(self) -> int:
@@ -54,8 +70,25 @@ class IA3(AdapterKind):
     def delta_weight(self, base: Tensor) -> Tensor:
         return f32(base) * self.scale_vector(base.dim())
 
+    def select_rows(self, rows: Tensor, total: int, in_shape: tuple[int, ...]) -> IA3:
+        """Output side: the rows' scales (exact). Input side: every part of a fused projection reads the same input,
+        so each keeps the whole vector (exact)."""
+        if self.on_input:
+            return self
+        w = self.weight.reshape(-1)[rows.to(self.weight.device)]
+        shape = [1] * self.weight.dim()  # keep the stored layout: (n,), or (1, n, 1, 1) for convolutions
+        shape[next((i for i, d in enumerate(self.weight.shape) if d != 1), self.weight.dim() - 1)] = -1
+        return dataclasses.replace(self, weight=w.reshape(shape))
+
+    def check_tensors(self, where: str = "") -> None:
+        if self.weight.dim() == 0 or self.weight.numel() == 0 or sum(d != 1 for d in self.weight.shape) > 1:
+            raise ShapeMismatchError(
+                f"{where or self.kind_name}: (IA)³ weight must be a vector of scales, got shape {tuple(self.weight.shape)}"
+            )
+
     def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
         where = where or self.kind_name
+        self.check_tensors(where)
         if len(base_shape) < 2:
             raise ShapeMismatchError(
                 f"{where}: (IA)³ needs a Linear or Conv weight, got shape {tuple(base_shape)}"

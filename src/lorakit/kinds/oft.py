@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeMismatchError
-from .base import AdapterKind, f32
-from .vocab import Suffix
+from .base import AdapterKind, f32, need, scalar_value, whole_chunks
+from .vocab import KeySource, Suffix
 
 #: the stored blocks are skew-symmetrised, norm-limited and Cayley-transformed (LyCORIS >= 2.x ``oft_blocks``)
 LYCORIS = "lycoris"
@@ -23,6 +23,8 @@ CONVENTIONS = (LYCORIS, KOHYA, ROTATION)
 
 #: the epsilon both writers add to the norm of Q
 NORM_EPS = 1e-8
+#: the layout of kohya sd-scripts' ``networks/oft.py`` files (``oft_unet_`` keys): its blocks use the kohya clamp
+KOHYA_OFT_LAYOUT = "kohya-oft"
 
 
 def skew(blocks: Tensor) -> Tensor:
@@ -31,22 +33,27 @@ def skew(blocks: Tensor) -> Tensor:
     return b - b.transpose(-1, -2)
 
 
-def limit_norm(q: Tensor, constraint: float | None, convention: str) -> Tensor:
-    """Scale ``Q`` so its Frobenius norm (over every block together) respects ``constraint``.
+def norm_factor(q: Tensor, constraint: float | None, convention: str) -> Tensor | None:
+    """The factor that makes the Frobenius norm of ``Q`` (over every block together) respect ``constraint``, or
+    ``None`` when ``Q`` stays as it is.
 
-    ``lycoris``: when ``constraint > 0`` and ``‖Q‖ + 1e-8 > constraint``, ``Q ← Q · constraint / (‖Q‖ + 1e-8)``;
-    a constraint of 0 (or ``None``) leaves ``Q`` alone. ``kohya``: ``Q ← Q · (min(‖Q‖, c) + 1e-8) / (‖Q‖ + 1e-8)``,
-    applied whatever ``c`` is, so ``c = 0`` collapses ``Q`` to ~0 (R ≈ I); ``None`` leaves ``Q`` alone.
+    ``lycoris``: when ``constraint > 0`` and ``‖Q‖ + 1e-8 > constraint``, ``constraint / (‖Q‖ + 1e-8)``; a constraint
+    of 0 (or ``None``) leaves ``Q`` alone. ``kohya``: ``(min(‖Q‖, c) + 1e-8) / (‖Q‖ + 1e-8)``, applied whatever ``c``
+    is, so ``c = 0`` collapses ``Q`` to ~0 (R ≈ I); ``None`` leaves ``Q`` alone.
     """
-    if constraint is None:
-        return q
+    if constraint is None or (convention != KOHYA and constraint <= 0):
+        return None
     norm = torch.linalg.vector_norm(q)
     if convention == KOHYA:
-        return q * ((torch.clamp(norm, max=constraint) + NORM_EPS) / (norm + NORM_EPS))
-    if constraint <= 0:
-        return q
+        return (torch.clamp(norm, max=constraint) + NORM_EPS) / (norm + NORM_EPS)
     shifted = norm + NORM_EPS
-    return q * torch.where(shifted > constraint, constraint / shifted, torch.ones_like(shifted))
+    return torch.where(shifted > constraint, constraint / shifted, torch.ones_like(shifted))
+
+
+def limit_norm(q: Tensor, constraint: float | None, convention: str) -> Tensor:
+    """``Q`` scaled by :func:`norm_factor` (unchanged when there is none)."""
+    factor = norm_factor(q, constraint, convention)
+    return q if factor is None else q * factor
 
 
 def cayley(q: Tensor) -> Tensor:
@@ -69,7 +76,8 @@ class OFT(AdapterKind):
 
     ``convention`` says how ``blocks`` turn into ``R``: ``"lycoris"`` (LyCORIS ``diag-oft``), ``"kohya"`` (kohya's
     clamp, which differs only in how the norm limit and a zero alpha behave) or ``"rotation"`` (``blocks`` are ``R``
-    itself, old LyCORIS ``oft_diag``; alpha unused). Formats decide it from the keys and metadata.
+    itself, old LyCORIS ``oft_diag``; alpha unused). :meth:`from_roles` decides it from the layout (kohya's own
+    ``oft_unet_`` layout) and the key (``oft_diag``).
 
     Strength: ``W + s·(M·W − W)`` with ``M·W`` the transform above of the original weight. kohya, LyCORIS and A1111
     interpolate the rotation, ``R_s = s·R + (1 − s)·I``, and ``R_sᵀ·W = W + s·(Rᵀ·W − W)``: the same, exact and
@@ -89,14 +97,57 @@ class OFT(AdapterKind):
     kind_name = "oft"
     display = "OFT"
     #: LyCORIS ``diag-oft`` / kohya ``networks.oft`` (``oft_blocks`` 3-D), old LyCORIS ``oft_diag`` (rotations), and the
-    #: optional per-row ``rescale``; 4-D ``oft_blocks`` are BOFT's. Not registered yet (``kinds.NOT_APPLIED``): no
-    #: ``from_roles`` / ``lycoris_tensors`` yet, so these keys are reported as unsupported by name.
+    #: optional per-row ``rescale``; 4-D ``oft_blocks`` are BOFT's. ``alpha`` (the neutral suffix) is the constraint.
     SUFFIXES = (Suffix("oft_blocks", "oft_blocks"), Suffix("oft_diag", "oft_diag"), Suffix("rescale", "rescale"))
 
     @classmethod
     def claims(cls, roles: Mapping[str, Tensor]) -> bool:
         blocks = roles.get("oft_blocks")
         return "oft_diag" in roles or (blocks is not None and blocks.dim() != 4)
+
+    @classmethod
+    def from_roles(cls, roles: Mapping[str, Tensor], source: KeySource) -> OFT:
+        """``oft_diag``: stored rotations; ``oft_blocks`` from kohya's ``networks.oft`` layout (``oft_unet_`` keys):
+        the kohya clamp; any other ``oft_blocks``: LyCORIS diag-OFT. ``alpha`` is read here: it is the constraint, not
+        the alpha of an alpha/rank scale (so none of the scale's fallbacks apply; see :meth:`with_alpha`)."""
+        if "oft_diag" in roles:
+            blocks, convention = roles["oft_diag"], ROTATION
+        else:
+            (blocks,) = need(roles, "oft_blocks", kind="OFT")
+            convention = KOHYA if source.layout == KOHYA_OFT_LAYOUT else LYCORIS
+        alpha = scalar_value(roles.get("alpha"), "OFT alpha") if convention != ROTATION else None
+        kind = cls(blocks=blocks, alpha=alpha, rescale=roles.get("rescale"), convention=convention)
+        kind.check_tensors("OFT")
+        return kind
+
+    def with_alpha(self, alpha: float | None) -> OFT:
+        """Itself: OFT's ``alpha`` is the norm constraint :meth:`from_roles` read, not a scale's alpha (a header's
+        network alpha or "0 means rank" must not change it)."""
+        return self
+
+    def lycoris_tensors(self) -> dict[str, Tensor]:
+        """LyCORIS names, in LyCORIS' own convention whatever the source (a kohya-clamped adapter is written with the
+        clamp folded into its blocks and ``alpha = 0``, so any LyCORIS reader rebuilds the same rotation); stored
+        rotations as ``oft_diag``."""
+        if self.convention == ROTATION:
+            out = {"oft_diag": self.blocks}
+        else:
+            kind = self if self.convention == LYCORIS else self.unconstrained()
+            alpha = 0.0 if kind.alpha is None else float(kind.alpha)
+            out = {"oft_blocks": kind.blocks, "alpha": torch.tensor(alpha, dtype=torch.float32)}
+        if self.rescale is not None:
+            out["rescale"] = self.rescale
+        return out
+
+    def native(self) -> tuple[str, dict[str, Tensor]] | None:
+        """kohya ``networks.oft`` adapters are written back as kohya OFT: ``oft_blocks`` and the clamp's ``alpha``."""
+        if self.convention != KOHYA or self.alpha is None or self.rescale is not None:
+            return None
+        return KOHYA_OFT_LAYOUT, {"oft_blocks": self.blocks, "alpha": torch.tensor(float(self.alpha), dtype=torch.float32)}
+
+    @property
+    def network_module(self) -> str:
+        return "networks.oft" if self.native() is not None else "lycoris.kohya"
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
@@ -154,6 +205,30 @@ class OFT(AdapterKind):
         w = f32(base)
         return self.transform(w) - w
 
+    def unconstrained(self) -> OFT:
+        """The same transform with the norm limit folded into the blocks (fp32, ``alpha=None``, LyCORIS convention):
+        the limit is global over all blocks, so a subset of the blocks keeps its rotations only this way."""
+        if self.convention == ROTATION:
+            return self
+        factor = norm_factor(skew(self.blocks), self.constraint, self.convention)
+        blocks = f32(self.blocks) if factor is None else f32(self.blocks) * factor
+        return dataclasses.replace(self, blocks=blocks, alpha=None, convention=LYCORIS)
+
+    # -- fused projections -----------------------------------------------------------------------------------------
+    def select_rows(self, rows: Tensor, total: int, in_shape: tuple[int, ...]) -> OFT:
+        """Exact when ``rows`` are whole blocks (SD3 q|k|v when the block size divides each part, an adaLN half swap
+        when the block count is even): those blocks, with the norm limit of the whole taken first.
+
+        Raises:
+            NotSeparable: a block straddles two parts (its rotation mixes their rows).
+        """
+        idx = whole_chunks(rows, self.block_size, "OFT blocks")
+        kind = self.unconstrained()
+        rescale = None
+        if self.rescale is not None:
+            rescale = self.rescale.reshape(total, -1)[rows].reshape(rows.numel(), *self.rescale.shape[1:])
+        return dataclasses.replace(kind, blocks=kind.blocks[idx.to(kind.blocks.device)], rescale=rescale)
+
     def zeroed(self, where: str = "") -> OFT:
         """Same shapes, identity transform (zero delta): zero blocks (identity for stored rotations), unit rescale."""
         if self.convention == ROTATION:
@@ -166,11 +241,19 @@ class OFT(AdapterKind):
         rescale = None if self.rescale is None else torch.ones_like(self.rescale)
         return dataclasses.replace(self, blocks=blocks, rescale=rescale)
 
+    def check_tensors(self, where: str = "") -> None:
+        where = where or self.kind_name
+        if self.blocks.dim() != 3 or self.blocks.shape[1] != self.blocks.shape[2] or self.blocks.shape[1] == 0:
+            raise ShapeMismatchError(f"{where}: oft_blocks must be (blocks, size, size), got {self.shapes()}")
+        if self.rescale is not None and self.rescale.numel() != self.out_features:
+            raise ShapeMismatchError(
+                f"{where}: rescale has {self.rescale.numel()} values for {self.out_features} rows ({self.shapes()})"
+            )
+
     def check_shape(self, base_shape: torch.Size, where: str = "") -> None:
         where = where or self.kind_name
+        self.check_tensors(where)
         shapes = self.shapes()
-        if self.blocks.dim() != 3 or self.blocks.shape[1] != self.blocks.shape[2]:
-            raise ShapeMismatchError(f"{where}: oft_blocks must be (blocks, size, size), got {shapes}")
         if len(base_shape) < 2:
             raise ShapeMismatchError(
                 f"{where}: OFT needs a Linear or Conv weight, got shape {tuple(base_shape)}"

@@ -6,7 +6,10 @@ one lorakit has: ``lorakit.save``, ``lorakit.convert``, the demo and the benchma
 ``lycoris_`` (LyCORIS ``create_lycoris`` on diffusers names), ``oft_unet_`` (kohya ``networks.oft``). Names may be
 diffusers-derived, CompVis/SGM (``input_blocks``...), or SAI MMDiT (``joint_blocks``...); all are resolved through the
 model's alias index. The suffixes are the kinds' own (``lora_down``/``up``/``mid``, ``hada_*``, ``lokr_*``, ``diff``,
-``dora_scale``, and the OFT/BOFT/(IA)^3/GLoRA names lorakit reports as unsupported), plus ``alpha``.
+``dora_scale``, ``oft_blocks``/``oft_diag``/``rescale``, ``weight``/``on_input``, ``a1.weight``…), plus ``alpha``; the
+kohya layout also reads diffusers' kohya export, whose text-encoder-trained UNet keys keep the attention-processor
+spelling (``lora_unet_…_to_k_lora.down.weight``) and whose DoRA magnitudes keep a dotted tail
+(``lora_unet_…_attn1.to_k.lora_magnitude_vector``; ``formats.groups`` groups both spellings as one module).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from ...errors import FormatError, summarize
 from ...families import Family, detect
 from ...targets import build_index, reference_components, sd_unet
 from ...targets import clip as clip_targets
-from ..keys import KOHYA, PEFT, Prefix
-from ..registry import Adapters, Layout
+from ..keys import ATTNPROC, KOHYA, PEFT, Prefix
+from ..registry import Adapters, Layout, get
 
 #: families whose kohya files name the UNet's modules after the original SGM code (sd-scripts' SDXL trainer; SD1/SD2
 #: files use diffusers-derived names). A family fact kept here until the Family record carries it.
@@ -47,14 +50,24 @@ def _sgm_names(family: Family) -> dict[str, str]:
     return {p: n for n, p in sd_unet.sgm_aliases(unet, list(idx.modules)).items()}
 
 
+def _native_prefix(layout: str, comp: str, fam: Family) -> str | None:
+    """The key prefix a kind's own layout (:meth:`AdapterKind.native`) has for ``comp``, or ``None``."""
+    for p in get(layout).prefixes:
+        if p.scope == comp or (p.scope == "denoiser" and comp == fam.denoiser):
+            return p.text
+    return None
+
+
 def write(adapters: Adapters, family: Family | None) -> tuple[dict[str, Tensor], dict[str, str]]:
     """kohya keys: the family's prefixes (``Family.kohya_prefixes``), SGM UNet names for SDXL, transformers-4 CLIP
     paths (``text_model.`` added), LyCORIS suffixes with an ``.alpha`` per module (alpha = rank written out when
     absent), and the sd-scripts header fields (``ss_network_module``/``_dim``/``_alpha``, and
-    ``ss_base_model_version`` from the Family record when the family is certain)."""
+    ``ss_base_model_version`` from the Family record when the family is certain). A kind with a layout of its own
+    (kohya OFT: ``oft_unet_``) is written in it where that layout has a prefix for the component."""
     fam, certain = _family(adapters, family)
     sgm = _sgm_names(fam) if certain and fam.name in _SGM_NAMED and fam.denoiser in adapters else {}
     sd: dict[str, Tensor] = {}
+    networks: set[str] = set()
     for comp, mods in adapters.items():
         prefix = fam.kohya_prefixes.get(comp)
         if prefix is None:
@@ -67,13 +80,19 @@ def write(adapters: Adapters, family: Family | None) -> tuple[dict[str, Tensor],
                 name = sgm.get(path, path)
             else:
                 name = clip_targets.kohya_path(path)
-            key = prefix + name.replace(".", "_")
-            for suffix, t in kind.lycoris_tensors().items():
+            native = kind.native()
+            own = None if native is None else _native_prefix(native[0], comp, fam)
+            if native is not None and own is not None:
+                key, tensors, network = own + name.replace(".", "_"), native[1], kind.network_module
+            else:
+                key, tensors = prefix + name.replace(".", "_"), kind.lycoris_tensors()
+                network = kind.network_module if native is None else "lycoris.kohya"
+            networks.add(network)
+            for suffix, t in tensors.items():
                 sd[f"{key}.{suffix}"] = t
     every = [k for mods in adapters.values() for k in mods.values()]
     ranks = Counter(r for k in every if (r := k.rank) is not None)
     alphas = Counter(float(a) for k in every if (a := k.alpha) is not None)
-    networks = {k.network_module for k in every}
     meta = {
         "ss_network_module": networks.pop() if len(networks) == 1 else "lycoris.kohya",
         "ss_network_dim": str(ranks.most_common(1)[0][0]) if ranks else "None",
@@ -88,7 +107,9 @@ KOHYA_LAYOUT = Layout(
     name="kohya",
     description="kohya/A1111/LyCORIS-in-sd-scripts: lora_unet_/lora_te[123]_ + underscored names, .alpha",
     prefix_families=frozenset({"kohya"}),
-    styles=frozenset({KOHYA, PEFT}),
+    # ATTNPROC: diffusers' convert_state_dict_to_kohya leaves "<path>_to_k_lora.down.weight" unconverted when the text
+    # encoders were trained too (formats.md, diffusers' advanced SDXL script)
+    styles=frozenset({KOHYA, PEFT, ATTNPROC}),
     header_keys=("ss_network_module", "ss_network_dim", "ss_network_alpha"),
     writer=write,
     prefixes=(
