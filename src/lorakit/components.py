@@ -213,15 +213,16 @@ class ComponentSet:
         names: Sequence[str] | None,
         lora_scale: object = 1.0,
         safe: bool = False,
+        strategy: str | None = None,
     ) -> None:
-        """Fuse ``names`` (default: each component's active adapters) into ``components``; every fused tensor is
-        computed (and, with ``safe``, checked) before any is installed."""
+        """Fuse ``names`` (default: each component's active adapters) into ``components``; every component is
+        planned (and, with ``safe``, checked for NaN/Inf) before any weight is written."""
         plans: list[tuple[str, AdapterManager, FusePlan]] = []
         for comp, mgr in self.managers(components).items():
             pool = mgr.active if names is None else names
             present = [n for n in pool if n in mgr.adapters]
             if present:
-                plans.append((comp, mgr, mgr.plan_fuse(present, lora_scale, safe)))
+                plans.append((comp, mgr, mgr.plan_fuse(present, lora_scale, safe, strategy)))
         for comp, mgr, plan in plans:
             mgr.commit_fuse(plan)
             logger.debug("fused %s into %s", summarize(plan.fused), comp)

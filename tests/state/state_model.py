@@ -548,6 +548,8 @@ class Fuse(Step):
     components: tuple[str, ...]
     lora_scale: float
     adapter_names: tuple[str, ...] | None
+    #: lorakit's fuse_strategy ("copy"; None: the default, in place): the same weights either way
+    strategy: str | None = None
     op = "fuse"
 
     def valid(self, h: Harness, s: RefState) -> bool:
@@ -555,7 +557,8 @@ class Fuse(Step):
 
     def apply(self, h: Harness, pipe: Any) -> None:
         names = None if self.adapter_names is None else list(self.adapter_names)
-        pipe.fuse_lora(components=list(self.components), lora_scale=self.lora_scale, adapter_names=names)
+        extra = {} if self.strategy is None else {"fuse_strategy": self.strategy}
+        pipe.fuse_lora(components=list(self.components), lora_scale=self.lora_scale, adapter_names=names, **extra)
 
     def update(self, h: Harness, s: RefState) -> None:
         for c in self.components or s.comps:
@@ -570,6 +573,8 @@ class Fuse(Step):
             args.append(f"lora_scale={self.lora_scale}")
         if self.adapter_names is not None:
             args.append(f"adapter_names={_q(list(self.adapter_names))}")
+        if self.strategy is not None:
+            args.append(f"fuse_strategy={_q(self.strategy)}")
         return f"pipe.fuse_lora({', '.join(args)})"
 
 
@@ -776,7 +781,7 @@ class Generator:
         if op == "fuse":
             fcomps = [] if rng.random() < 0.5 else self._subset(comps)
             names = None if rng.random() < 0.6 else tuple(self._subset(loaded))
-            return Fuse(tuple(fcomps), rng.choice(LORA_SCALES), names)
+            return Fuse(tuple(fcomps), rng.choice(LORA_SCALES), names, "copy" if rng.random() < 0.35 else None)
         if op == "unfuse":
             return Unfuse(tuple([] if rng.random() < 0.6 else self._subset(comps)))
         if op == "delete":

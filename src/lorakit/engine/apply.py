@@ -14,7 +14,7 @@ rebuilt lazily whenever the manager's state version changes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -82,22 +82,25 @@ Contribution = tuple[AdapterKind, float]
 
 def combine(
     module: nn.Module,
-    original_weight: Tensor,
+    original: Callable[[], Tensor],
     contributions: Iterable[Contribution],
     device: torch.device,
     dtype: torch.dtype,
     version: int,
 ) -> Combined:
-    """Build the :class:`Combined` form of ``contributions`` (kind, weight) for ``module``."""
+    """Build the :class:`Combined` form of ``contributions`` (kind, weight) for ``module``.
+
+    ``original`` gives the module's untouched weight; it is called only for kinds that need a dense delta.
+    """
     downs: list[Tensor] = []
     ups: list[Tensor] = []
     dense: Tensor | None = None
     bias: Tensor | None = None
-    base_shape = original_weight.shape
+    base_shape = weight_of(module).shape
     lowrank_ok = isinstance(module, nn.Linear) or (
         isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
     )
-    original_weight = original_weight.to(device)
+    original_weight: Tensor | None = None
     for kind, weight in contributions:
         if weight == 0.0:
             continue
@@ -108,6 +111,8 @@ def combine(
             downs.append(d)
             ups.append(u * weight)
         else:
+            if original_weight is None:
+                original_weight = original().to(device)
             delta = kind.delta_weight(original_weight) * weight
             dense = delta if dense is None else dense + delta
         b = kind.delta_bias()

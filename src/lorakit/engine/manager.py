@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..kinds import AdapterKind
 from .apply import Combined, all_finite, check_kind_fits, combine, fused_params, weight_of
+from .inplace import can_fuse_inplace, finite_after
 from .persample import SamplePlan
 from .slot import Params, Slot, params_of
 from .weights import Weight, as_number, as_weight, at, scaled
@@ -50,6 +51,7 @@ __all__ = ["AdapterManager", "FusePlan", "Weight", "check_name", "get_manager", 
 
 _ATTR = "_lorakit_manager"
 STRATEGIES = ("lowrank", "merged")
+FUSE_STRATEGIES = ("inplace", "copy")
 
 
 def get_manager(model: nn.Module, create: bool = True) -> AdapterManager | None:
@@ -96,13 +98,34 @@ def scale_kwarg_of(model: nn.Module) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _InPlace:
+    """Fuse these contributions into the module's own tensors at commit time."""
+
+    contributions: list[tuple[AdapterKind, float]]
+    key: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """Install these new fused tensors (computed at plan time)."""
+
+    params: Params
+    key: tuple[tuple[int, float], ...]
+
+
+#: a module's fused state is already what the plan asks for
+_KEEP = object()
+
+
 @dataclass(slots=True)
 class FusePlan:
-    """A new fused set and the tensors it needs, computed but not yet installed (see :meth:`AdapterManager.plan_fuse`)."""
+    """A new fused set and what each module needs for it, checked but not yet installed (see
+    :meth:`AdapterManager.plan_fuse`)."""
 
     fused: dict[str, Weight]
-    #: module path -> new fused tensors (``None``: the module has no fused adapter any more)
-    params: dict[str, Params | None]
+    #: module path -> ``None`` (no fused adapter any more), a copy to install, an in-place fuse to run, or keep
+    steps: dict[str, object]
 
 
 class AdapterManager:
@@ -136,6 +159,8 @@ class AdapterManager:
         #: tensors stay untouched; costs one weight copy per patched module; not for torch.compile or threads
         #: sharing the model)
         self.unfused_strategy: str = "lowrank"
+        #: how fuses write weights: "inplace" (default) or "copy" (see set_fuse_strategy)
+        self.fuse_strategy: str = "inplace"
         #: every adapter loaded from now on is zero-padded to this rank (enable_lora_hotswap)
         self.hotswap_rank: int | None = None
         #: per adapter, whatever the loader wants to keep (load report, metadata, source)
@@ -286,7 +311,7 @@ class AdapterManager:
             if path not in self.slots:
                 self.slots[path] = Slot(path, modules[path], self)
         if name in self.fused:
-            self._commit(self.plan_fuse({}, safe=False))
+            self._commit(FusePlan(dict(self.fused), self._steps(self.fused, safe=False)))
         self._drop_unused_slots()
         self._bump()
 
@@ -300,7 +325,7 @@ class AdapterManager:
             self._get(name)
             if name in self.fused:
                 rest = {n: w for n, w in self.fused.items() if n != name}
-                self._commit(FusePlan(rest, self._fused_params(rest, safe=False)))
+                self._commit(FusePlan(rest, self._steps(rest, safe=False)))
             del self.adapters[name]
             self.weights.pop(name, None)
             self.info.pop(name, None)
@@ -375,21 +400,25 @@ class AdapterManager:
             self._bump()
 
     def enable(self) -> None:
-        """Adapters contribute again: the fused tensors come back (O(1) per module) and unfused ones apply."""
+        """Adapters contribute again: copy-fused tensors come back (O(1) per module), in-place fuses are redone,
+        and unfused adapters apply."""
         with self.lock:
             if not self.enabled:
                 self.enabled = True
-                for slot in self.slots.values():
-                    slot.show(True)
+                self._commit(FusePlan(dict(self.fused), self._steps(self.fused, safe=False)))
                 self._bump()
 
     def disable(self) -> None:
-        """Adapters stop contributing; fused modules show their original tensors (O(1) per module)."""
+        """Adapters stop contributing: copy-fused modules show their original tensors (O(1) per module), in-place
+        fused ones get their original bits back."""
         with self.lock:
             if self.enabled:
                 self.enabled = False
                 for slot in self.slots.values():
-                    slot.show(False)
+                    if slot.inplace is not None:
+                        slot.clear()
+                    else:
+                        slot.show(False)
                 self._bump()
 
     # ------------------------------------------------------------------ call-time scale
@@ -478,17 +507,19 @@ class AdapterManager:
             with torch.no_grad():
                 c = Combined(version=version, device=device, dtype=dtype, merged=True)
                 if any(w != 0.0 for _, w in contributions):
-                    # on top of what the module holds now (fused adapters included), never of the original
-                    w, b = fused_params(
-                        slot.module, slot.original_params(), contributions, base=params_of(slot.module)
-                    )
+                    # on top of what the module holds now (fused adapters included), never of the original; the
+                    # original is needed only by dense deltas (after an in-place fuse, rebuilding it costs a copy)
+                    shape = weight_of(slot.module).shape
+                    dense = any(k.low_rank(shape) is None for k, _ in contributions)
+                    current = params_of(slot.module)
+                    original = slot.original_params() if dense else current
+                    w, b = fused_params(slot.module, original, contributions, base=current)
                     c.merged_weight, c.merged_bias = w, b
                 return c
-        original = slot.original_weight()
         if keep_graph:
-            return combine(slot.module, original, contributions, device, dtype, version)
+            return combine(slot.module, slot.original_weight, contributions, device, dtype, version)
         with torch.no_grad():
-            return combine(slot.module, original, contributions, device, dtype, version)
+            return combine(slot.module, slot.original_weight, contributions, device, dtype, version)
 
     def warm(self) -> None:
         """Build every module's combined tensors now, for the module's own device and dtype.
@@ -506,12 +537,18 @@ class AdapterManager:
 
     # ------------------------------------------------------------------ fuse / unfuse
     def plan_fuse(
-        self, names: Mapping[str, Weight] | Sequence[str] | None = None, lora_scale: object = 1.0, safe: bool = False
+        self,
+        names: Mapping[str, Weight] | Sequence[str] | None = None,
+        lora_scale: object = 1.0,
+        safe: bool = False,
+        strategy: str | None = None,
     ) -> FusePlan:
-        """Compute the fused tensors of the fused set plus ``names`` (default: the active adapters) at ``lora_scale``
-        × their weight, without installing anything. Raises (changing nothing) on a bad scale or, with ``safe``,
-        when a fused tensor would hold NaN/Inf."""
+        """Plan the fused set plus ``names`` (default: the active adapters) at ``lora_scale`` × their weight, without
+        installing anything. Raises (changing nothing) on a bad scale or, with ``safe``, when a fused weight would
+        hold NaN/Inf (in-place modules are checked by a compute-only pass). ``strategy`` overrides
+        :attr:`fuse_strategy` for the modules this plan fuses."""
         scale = as_number(lora_scale, "lora_scale")
+        strategy = self._check_strategy(strategy)
         with self.lock:
             new = dict(self.fused)
             if isinstance(names, Mapping):
@@ -519,30 +556,53 @@ class AdapterManager:
             else:
                 for n in self.check_names(self.active if names is None else names):
                     new[n] = scaled(self.weights.get(n, 1.0), scale)
-            return FusePlan(new, self._fused_params(new, safe))
+            return FusePlan(new, self._steps(new, safe, strategy))
 
-    def _fused_params(self, fused: Mapping[str, Weight], safe: bool) -> dict[str, Params | None]:
-        paths = set().union(*(self.adapters[n].keys() for n in fused)) if fused else set()
-        out: dict[str, Params | None] = {}
+    def _check_strategy(self, strategy: str | None) -> str:
+        if strategy is None:
+            return self.fuse_strategy
+        if strategy not in FUSE_STRATEGIES:
+            raise LorakitError(f"unknown fuse strategy {strategy!r}; use 'inplace' or 'copy'")
+        return strategy
+
+    def _steps(self, fused: Mapping[str, Weight], safe: bool, strategy: str | None = None) -> dict[str, object]:
+        strategy = strategy or self.fuse_strategy
+        steps: dict[str, object] = {}
         for path, slot in self.slots.items():
-            if path not in paths:
-                out[path] = None
-                continue
             contributions = [
                 (self.adapters[n][path], at(w, path)) for n, w in fused.items() if path in self.adapters[n]
             ]
+            if not contributions:
+                steps[path] = None
+                continue
+            key = tuple((id(k), w) for k, w in contributions)
+            if slot.key == key:
+                steps[path] = _KEEP
+                continue
+            where = f"module {path!r} (adapters {summarize(n for n in fused if path in self.adapters[n])})"
+            if strategy == "inplace" and self.enabled and can_fuse_inplace(slot.module, contributions):
+                if safe and not finite_after(slot.module, contributions, slot.inplace):
+                    raise NonFiniteError(f"fusing would write NaN/Inf into {where}; nothing was fused")
+                steps[path] = _InPlace(contributions, key)
+                continue
             params = fused_params(slot.module, slot.original_params(), contributions)
             if safe and not all_finite(params):
-                raise NonFiniteError(
-                    f"fusing would write NaN/Inf into module {path!r}; nothing was fused "
-                    f"(adapters {summarize(n for n in fused if path in self.adapters[n])})"
-                )
-            out[path] = params
-        return out
+                raise NonFiniteError(f"fusing would write NaN/Inf into {where}; nothing was fused")
+            steps[path] = _Copy(params, key)
+        return steps
 
     def _commit(self, plan: FusePlan) -> None:
         for path, slot in self.slots.items():
-            slot.set_fused(plan.params.get(path), self.enabled)
+            step = plan.steps.get(path)
+            if step is None:
+                slot.clear()
+            elif step is _KEEP:
+                slot.show(self.enabled)
+            elif isinstance(step, _InPlace):
+                slot.fuse_in_place(step.contributions, step.key)
+            elif isinstance(step, _Copy):
+                slot.set_fused(step.params, self.enabled)
+                slot.key = step.key
         self.fused = dict(plan.fused)
 
     def commit_fuse(self, plan: FusePlan) -> list[str]:
@@ -558,16 +618,19 @@ class AdapterManager:
         names: Sequence[str] | None = None,
         lora_scale: object = 1.0,
         safe_fusing: bool = False,
+        strategy: str | None = None,
     ) -> list[str]:
         """Fuse ``names`` (default: the active adapters) into the weights, each at ``lora_scale`` × its weight.
 
-        The fused weight is always ``W₀ + Σ sᵢ·ΔWᵢ`` over the whole fused set, computed in fp32 from the saved original
-        and cast once, so fusing twice or in another order gives the same tensor. With ``safe_fusing`` every new
-        tensor is checked for NaN/Inf before any is written. A disabled manager stays disabled (its output stays the
-        base model's until :meth:`enable`). Returns the fused set.
+        The fused weight is always ``W₀ + Σ sᵢ·ΔWᵢ`` over the whole fused set, computed in fp32 from the original and
+        cast once, so fusing twice or in another order gives the same tensor; unfuse gives the original bits back.
+        ``strategy`` (default :attr:`fuse_strategy`): ``"inplace"`` writes into the weights' own storage,
+        ``"copy"`` into new tensors (see :meth:`set_fuse_strategy`). With ``safe_fusing`` nothing is written when a
+        fused value would be NaN/Inf. A disabled manager stays disabled (its output stays the base model's until
+        :meth:`enable`). Returns the fused set.
         """
         with self.lock:
-            return self.commit_fuse(self.plan_fuse(names, lora_scale, safe_fusing))
+            return self.commit_fuse(self.plan_fuse(names, lora_scale, safe_fusing, strategy))
 
     def unfuse(self) -> bool:
         """Give every fused module its original tensors back (the same storage: bit-exact). False if none fused."""
@@ -576,6 +639,13 @@ class AdapterManager:
                 return False
             self.commit_fuse(FusePlan({}, dict.fromkeys(self.slots)))
             return True
+
+    def set_fuse_strategy(self, strategy: str) -> None:
+        """How fuses write weights from now on: ``"inplace"`` (default: into the weights' own storage, no extra
+        memory; unfuse recomputes ΔW and restores the exact bits) or ``"copy"`` (into new tensors, the originals
+        kept: unfuse, disable and enable are pointer swaps, at one weight copy of memory per fused module)."""
+        with self.lock:
+            self.fuse_strategy = self._check_strategy(strategy)
 
     # ------------------------------------------------------------------ hotswap
     def prepare_hotswap(self, name: str, mapping: Mapping[str, AdapterKind], where: str = "") -> dict[str, AdapterKind]:

@@ -117,7 +117,7 @@ class SamplePlan:
         c = self._combined.get(key)
         if c is None:
             with torch.no_grad():
-                c = combine(slot.module, slot.original_weight(), [(kind, 1.0)], x.device, x.dtype, 0)  # type: ignore[list-item]
+                c = combine(slot.module, slot.original_weight, [(kind, 1.0)], x.device, x.dtype, 0)  # type: ignore[list-item]
             self._combined[key] = c
         return c
 
@@ -135,7 +135,7 @@ class SamplePlan:
                 continue
             rows = torch.tensor([j for j, s in enumerate(samples) if s == i], dtype=torch.long, device=x.device)
             with torch.no_grad():
-                c = combine(slot.module, slot.original_weight(), contributions, x.device, x.dtype, 0)  # type: ignore[arg-type]
+                c = combine(slot.module, slot.original_weight, contributions, x.device, x.dtype, 0)  # type: ignore[arg-type]
             part = sidecar_output(slot.module, x.index_select(0, rows), y.index_select(0, rows), c, scale)
             out = out.index_copy(0, rows, part)
         return out

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .apply import Combined, bias_of, sidecar_output, weight_of
+from .inplace import InplaceRecord, fuse_inplace, materialize, restore_inplace
 
 if TYPE_CHECKING:
     from ..kinds import AdapterKind
@@ -78,9 +79,24 @@ class Slot:
         fused: the fused ``(weight, bias)`` of the owner's fused set for this module, else ``None``; the module holds
             them while the owner is enabled and ``original`` while it is disabled.
         swapped: tensors put aside while a merged weight serves one call (``"merged"`` strategy).
+        inplace: the record of a fuse written into the module's own tensors (then ``original`` and ``fused`` are
+            ``None``: the module holds the fused values and the record restores the original bits).
+        key: what the fused state was computed from (``(id(kind), weight)`` pairs), ``None`` without one.
     """
 
-    __slots__ = ("path", "module", "owner", "handle", "pre_handle", "cache", "original", "fused", "swapped")
+    __slots__ = (
+        "path",
+        "module",
+        "owner",
+        "handle",
+        "pre_handle",
+        "cache",
+        "original",
+        "fused",
+        "swapped",
+        "inplace",
+        "key",
+    )
 
     def __init__(self, path: str, module: nn.Module, owner: SlotOwner) -> None:
         self.path = path
@@ -90,6 +106,8 @@ class Slot:
         self.original: Params | None = None
         self.fused: Params | None = None
         self.swapped: Params | None = None
+        self.inplace: InplaceRecord | None = None
+        self.key: tuple[tuple[int, float], ...] | None = None
         self.pre_handle = module.register_forward_pre_hook(self._pre_hook)
         # always_call: the original tensors come back even when the forward raises
         self.handle = module.register_forward_hook(self._hook, always_call=True)
@@ -100,16 +118,41 @@ class Slot:
         self.cache = None
 
     def original_params(self) -> Params:
-        """The module's untouched ``(weight, bias)``."""
+        """The module's untouched ``(weight, bias)``.
+
+        After an in-place fuse they exist only as the restore record: they are rebuilt into new tensors once, and the
+        slot goes on as a copy-fused one (the module keeps the fused values in its own storage).
+        """
+        if self.inplace is not None:
+            self.original = materialize(self.module, self.inplace)
+            self.fused = params_of(self.module)
+            self.inplace = None
         return self.original if self.original is not None else params_of(self.module)
 
     def original_weight(self) -> Tensor:
         return self.original_params()[0]
 
+    def clear(self) -> None:
+        """No fused adapter here any more: the original tensors (bits) back in the module."""
+        if self.inplace is not None:
+            restore_inplace(self.module, self.inplace)
+            self.inplace = None
+        self.set_fused(None, enabled=False)
+
+    def fuse_in_place(self, contributions: list[tuple[AdapterKind, float]], key: tuple[tuple[int, float], ...]) -> None:
+        """Fuse ``contributions`` into the module's own tensors (from its original state)."""
+        self.clear()
+        self.inplace = fuse_inplace(self.module, contributions)
+        self.key = key
+
     def set_fused(self, params: Params | None, enabled: bool) -> None:
         """Keep ``params`` as this module's fused tensors (``None``: no fused adapter here) and show what
         ``enabled`` asks for: the fused tensors, or the original ones."""
+        if self.inplace is not None:
+            restore_inplace(self.module, self.inplace)
+            self.inplace = None
         if params is None:
+            self.key = None
             if self.original is not None:
                 show(self.module, self.original)
             self.original = None
@@ -132,6 +175,8 @@ class Slot:
         """Forget the original tensors: whatever the module holds now stays (unload after fuse)."""
         self.original = None
         self.fused = None
+        self.inplace = None
+        self.key = None
 
     def _combined(self, x: Tensor, merged: bool) -> Combined:
         owner = self.owner
