@@ -21,7 +21,15 @@ from torch import Tensor, nn
 from .. import families, kinds
 from .. import report as R
 from ..engine import check_kind_fits
-from ..errors import DTypeError, FormatError, KeyMismatchError, ShapeMismatchError, closest, summarize
+from ..errors import (
+    ControlLoRAError,
+    DTypeError,
+    FormatError,
+    KeyMismatchError,
+    ShapeMismatchError,
+    closest,
+    summarize,
+)
 from ..families import Family, detect
 from ..kinds import AdapterKind, KeySource, MissingTensorsError, NotSeparable, UnsupportedVariantError
 from ..targets import ModuleIndex, Target, build_index, reference_components
@@ -30,6 +38,7 @@ from . import registry
 from .alphas import AlphaContext, parse_metadata, resolve_alpha
 from .groups import Group, Skip, check_float, claim, group_keys, leftovers, scalar
 from .keys import PEFT
+from .layouts import flux as flux_layouts
 from .registry import format_name, parse_keys
 
 logger = logging.getLogger(__name__)
@@ -125,10 +134,15 @@ def _name_candidates(group: Group) -> list[str]:
     return out
 
 
-def _resolve(group: Group, indexes: Mapping[str, ModuleIndex]) -> tuple[str | None, Target | None, str | None]:
+def _resolve(
+    group: Group, indexes: Mapping[str, ModuleIndex], aliases: Mapping[str, str] | None = None
+) -> tuple[str | None, Target | None, str | None]:
     """``(component, target, None)``, or ``(None, None, component searched)`` / ``(None, None, None)`` (no such
-    component in the model)."""
-    comps = _components_for(group.scope, indexes)
+    component in the model). ``aliases`` renames a scope the model's family calls otherwise (``Family.scope_aliases``)."""
+    scope = group.scope
+    if aliases and scope is not None and scope in aliases and scope not in indexes:
+        scope = aliases[scope]
+    comps = _components_for(scope, indexes)
     for comp in comps:
         idx = indexes[comp]
         for cand in _name_candidates(group):
@@ -178,6 +192,8 @@ class _Converter:
     shape_errors: list[tuple[str, str]] = field(default_factory=list)
     alpha_conflicts: Counter[str] = field(default_factory=Counter)
     config_errors: list[str] = field(default_factory=list)
+    #: the family's ``scope_aliases`` (file scopes it calls otherwise)
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def skip(self, group: Group, reason: str, detail: str = "", component: str | None = None, hint: bool = False) -> None:
         near: tuple[str, ...] = ()
@@ -189,7 +205,7 @@ class _Converter:
 
     def run(self, group: Group) -> None:
         """Convert one group: land it, or report every one of its keys."""
-        comp, target, searched = _resolve(group, self.indexes)
+        comp, target, searched = _resolve(group, self.indexes, self.aliases)
         try:
             kind_cls = claim(group)
         except Skip as s:
@@ -349,7 +365,8 @@ def _convert(
     report.skipped.extend(skipped_pre)
     report.metadata_used = list(ctx.used)
     report.warnings.extend(ctx.warnings)
-    conv = _Converter(indexes, ctx, meta, report, closest_budget)
+    aliases = families.get(family).scope_aliases if family else {}
+    conv = _Converter(indexes, ctx, meta, report, closest_budget, aliases=aliases)
     for group in groups:
         conv.run(group)
     return conv.finish(source)
@@ -501,6 +518,9 @@ def to_canonical(
         family = detect.of_components(comps)
         indexes = _indexes(comps)
         outcome = _convert(groups, skipped, indexes, ctx, meta, len(sd), source, fmt, family.name if family else None)
+    control = flux_layouts.control_lora(sd, indexes)
+    if control is not None:
+        raise ControlLoRAError(f"{source}: {control}", report=outcome.report)
     hint = _family_hint({k: tuple(v.shape) for k, v in sd.items()}, meta, family)
     _verdict(outcome, sd, indexes, source, strict, family, hint)
     rep = outcome.report
