@@ -276,14 +276,14 @@ def test_inspect_names_a_full_checkpoint(capsys: pytest.CaptureFixture[str], tmp
 
 # ----------------------------------------------------------------------------------------------- list
 def test_list_shows_the_names_tags_resolve(capsys: pytest.CaptureFixture[str], tmp_path: Path, lora_dir: Path,
-                                           texture_file: Path) -> None:
+                                           texture_file: Path, real_sd1_lora: Path) -> None:
     """9: every LoRA file under the folders with the <lora:name> that resolves to it, family, kinds, rank, size,
     trigger words (header only); a checkpoint among them is an error row."""
     root = tmp_path / "loras"
     shutil.copytree(lora_dir, root)
     (root / "a").mkdir()
     (root / "b").mkdir()
-    with_header(lora_dir / "style.safetensors", root / "a" / "snowcat.safetensors", KOHYA_HEADER)
+    with_header(real_sd1_lora, root / "a" / "snowcat.safetensors", KOHYA_HEADER)  # real SD1 shapes, rank 2
     shutil.copy(texture_file, root / "b" / "texture.safetensors")
     shutil.copy(texture_file, root / "a" / "texture.safetensors")  # two files of one stem: names with folders
     save_file({f"w{i}.weight": torch.zeros(2) for i in range(10)}, str(root / "notalora.safetensors"))
@@ -300,9 +300,9 @@ def test_list_shows_the_names_tags_resolve(capsys: pytest.CaptureFixture[str], t
     snow = entries["<lora:snowcat>"]
     assert snow["trigger_words"][:2] == ["snowcat", "cat"] and snow["title"] == "Snow cat"
     assert snow["family"] == "SD1" and list(snow["kinds"]) == ["lora"]
-    assert list(snow["ranks"]) == ["4"] and snow["header_only"] is True
+    assert snow["ranks"] == {"2": 4} and snow["components"] == {"text_encoder": 1, "unet": 3}
+    assert snow["header_only"] is True
     assert snow["size"] == (root / "a" / "snowcat.safetensors").stat().st_size
-    assert list(entries["<lora:a/texture>"]["kinds"]) == ["loha"]
     assert "full model checkpoint" in entries["<lora:notalora>"]["error"]
     assert "hashes" not in snow
 
@@ -310,7 +310,7 @@ def test_list_shows_the_names_tags_resolve(capsys: pytest.CaptureFixture[str], t
     lines = out.splitlines()
     assert lines[0].split() == ["tag", "family", "kinds", "rank", "size", "trigger", "words"]
     row = next(line for line in lines if line.startswith("<lora:snowcat>"))
-    assert "SD1" in row and "lora" in row and " 4 " in row and "KiB" in row and "snowcat, cat" in row
+    assert row.split()[1:4] == ["SD1", "lora", "2"] and "KiB" in row and "snowcat, cat" in row
     code, out, err = run(capsys, "list", "--hashes", "--json", str(root / "b"))
     assert code == 0, err
     (entry,) = json.loads(out)
