@@ -51,6 +51,10 @@ class PipelineState:
     #: adapter -> number of running contexts that use it (an adapter cache never evicts these)
     pinned: Counter[str] = field(default_factory=Counter)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> PipelineState:
+        """A copied pipeline gets a lock of its own and no running per-sample context."""
+        return PipelineState(enabled=self.enabled)
+
 
 class ComponentSet:
     """The LoRA-loadable components of one pipeline.

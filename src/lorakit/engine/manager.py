@@ -14,6 +14,7 @@ enabled or not, so no history can leave a deleted or replaced adapter behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -169,6 +170,7 @@ class AdapterManager:
         self._unfused_active = False
         self._modules_cache: dict[str, nn.Module] | None = None
         self._scale_hooks: tuple[Any, ...] = ()
+        self._scale_kwarg = ""
         self._scale_stack: list[float] = []
         self._scale_warned: int | None = None
         #: while set, every patched module applies each sample's own adapter mix (lorakit.per_sample)
@@ -439,27 +441,36 @@ class AdapterManager:
 
         A forward pre-hook reads the scale and sets :attr:`call_scale`; a forward hook that always runs (also when
         the forward raises) restores the previous value. The model's own forward is not touched (diffusers pops the
-        scale in its ``apply_lora_scale`` decorator, after these hooks have seen it).
+        scale in its ``apply_lora_scale`` decorator, after these hooks have seen it). The hooks are bound methods,
+        so a deep copy of the model gets hooks of its own manager.
         """
         kwarg = scale_kwarg_of(self.model)
         if kwarg is None or self._scale_hooks:
             return
-
-        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self._scale_stack.append(self.call_scale)
-            extra = kwargs.get(kwarg)
-            if isinstance(extra, Mapping) and extra.get("scale") is not None:
-                self.call_scale = as_number(extra["scale"], f"{kwarg}['scale']")
-                self._warn_fused_scale(self.call_scale)
-
-        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if self._scale_stack:
-                self.call_scale = self._scale_stack.pop()
-
+        self._scale_kwarg = kwarg
         self._scale_hooks = (
-            self.model.register_forward_pre_hook(pre, with_kwargs=True),
-            self.model.register_forward_hook(post, with_kwargs=True, always_call=True),
+            self.model.register_forward_pre_hook(self._scale_pre, with_kwargs=True),
+            self.model.register_forward_hook(self._scale_post, with_kwargs=True, always_call=True),
         )
+
+    def _scale_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._scale_stack.append(self.call_scale)
+        extra = kwargs.get(self._scale_kwarg)
+        if isinstance(extra, Mapping) and extra.get("scale") is not None:
+            self.call_scale = as_number(extra["scale"], f"{self._scale_kwarg}['scale']")
+            self._warn_fused_scale(self.call_scale)
+
+    def _scale_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self._scale_stack:
+            self.call_scale = self._scale_stack.pop()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AdapterManager:
+        """A deep copy of the model copies its manager with it (a lock of its own)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            setattr(new, k, threading.RLock() if k == "lock" else copy.deepcopy(v, memo))
+        return new
 
     def _remove_scale_hooks(self) -> None:
         for h in self._scale_hooks:
