@@ -31,6 +31,8 @@ from . import io as lio
 from . import report as R
 from .errors import FormatError, KeyMismatchError, LorakitError, ShapeMismatchError, summarize
 from .families import detect
+from .formats.groups import file_adapters
+from .formats.keys import scalar_key
 from .kinds import AdapterKind
 from .pipelines.save import LORA_ADAPTER_METADATA_KEY
 
@@ -561,6 +563,10 @@ def inspect(
         if lio.file_kind(path) == "safetensors":
             sd, metadata = lio.read_header_state_dict(path)
             header_only = True
+            # one-value settings beside the .alpha tensors: (IA)^3's on_input decides the axis it scales
+            flags = [k for k, t in sd.items() if t.device.type == "meta" and t.numel() == 1 and scalar_key(k)]
+            if flags:
+                sd.update(lio.read_tensors(path, flags))
         else:
             sd, metadata = lio.read_file(path, display=name)
     shapes = {k: tuple(t.shape) for k, t in sd.items()}
@@ -584,7 +590,11 @@ def inspect(
         conv_report = exc.report
         if conv_report is None or conv_report.format == "unknown":
             raise
-        reference_misfit = _misfit_warning(conv_report)
+        reasons = {s.reason for s in conv_report.skipped}
+        if R.UNSUPPORTED_KIND in reasons and reasons <= {R.UNSUPPORTED_KIND, R.UNRECOGNISED}:
+            warnings.append(str(exc))  # the names resolve: only the kind is not applied ("unsupported kind X")
+        else:
+            reference_misfit = _misfit_warning(conv_report)
         fmt = conv_report.format
     else:
         adapters, conv_report, fmt = conv.adapters, conv.report, conv.format
@@ -610,23 +620,20 @@ def inspect(
             cov = coverage_from_report(placed_report, {c: len(m) for c, m in adapters.items()}, comp_models)
             conv_report = placed_report
 
+    # kinds, ranks and alphas are facts of the file: read from its keys alone, whether or not they fit a model
     kinds: Counter[str] = Counter()
-    comps: dict[str, int] = {}
     ranks: Counter[int] = Counter()
     alphas: Counter[str] = Counter()
-    for comp, mapping in adapters.items():
-        comps[comp] = len(mapping)
-        for kind in mapping.values():
-            kinds[_kind_label(kind)] += 1
-            if kind.rank is not None:
-                ranks[int(kind.rank)] += 1
-            alpha = getattr(kind, "alpha", None)
-            alphas["none" if alpha is None else f"{float(alpha):g}"] += 1
-    if not adapters and conv_report is not None:  # partial description from the report
+    for _, kind in file_adapters(sd, metadata):
+        kinds[_kind_label(kind)] += 1
+        if kind.rank is not None:
+            ranks[int(kind.rank)] += 1
+        alpha = kind.alpha
+        alphas["none" if alpha is None else f"{float(alpha):g}"] += 1
+    comps: dict[str, int] = {comp: len(mapping) for comp, mapping in adapters.items()}
+    if not adapters and conv_report is not None:  # where the modules would land, from the report
         for comp, crep in conv_report.components.items():
             comps[comp] = crep.matched_modules
-            kinds.update(crep.kinds)
-            ranks.update({int(r): n for r, n in crep.ranks.items()})
         unplaced: dict[str, set[str]] = {}
         for s in conv_report.skipped:
             if s.module and s.reason in (R.NO_SUCH_MODULE, R.SHAPE_MISMATCH, R.COMPONENT_ABSENT):
