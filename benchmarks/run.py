@@ -42,7 +42,9 @@ FILE_LABEL = {
 }
 MB = 1e6
 #: groups run in the first round only (unless --repeat-all): inner repeats, or figures that are not timings
-ONCE = ("switch", "forward", "rss", "cycles")
+ONCE = ("switch", "forward", "rss", "cycles", "persample", "cache")
+#: lorakit's fuse strategies measured by the fuse group (the first is the default)
+FUSE_STRATEGIES = ("inplace", "copy")
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -148,6 +150,25 @@ def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
                     a["rss"][fname] = m
         cyc = [r for r in results.get("cycles", {}).get(tool, []) if "_error" not in r]
         a["cycles"] = max(cyc, key=lambda r: r["growth"]) if cyc else None
+        a["fuse"] = {}
+        for r in results.get("fuse", {}).get(tool, []):
+            if "_error" in r:
+                continue
+            key = f"{r['_threads']}:{r['strategy']}"
+            d = a["fuse"].setdefault(key, {"exact": True, "peak_ratio": 0.0, "runs": 0})
+            for k in ("first_fuse", "first_unfuse", "cycle_best"):
+                d[k] = _min([d.get(k), r[k]])
+            d.setdefault("first_fuse_all", []).append(r["first_fuse"])
+            d["exact"] = d["exact"] and bool(r["restored"]["identical"]) and bool(r["cycle_exact"])
+            if r["fused_bytes"]:
+                d["peak_ratio"] = max(d["peak_ratio"], r["peak_extra"] / r["fused_bytes"])
+            d["fused_bytes"] = r["fused_bytes"]
+            d["threads"] = r["_threads"]
+            d["runs"] += 1
+        ps = [r for r in results.get("persample", {}).get(tool, []) if "_error" not in r]
+        a["persample"] = ps[0] if ps else None
+        ca = [r for r in results.get("cache", {}).get(tool, []) if "_error" not in r]
+        a["cache"] = ca[0] if ca else None
         agg[tool] = a
     return agg
 
@@ -203,6 +224,60 @@ def _fmt_r(r: float | None) -> str:
 
 def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def _fuse_rows(ref: dict[str, Any], lk: dict[str, Any], row: Callable[..., None]) -> None:
+    """The first fuse in a fresh process and the serving loop, per thread count; lorakit per fuse strategy."""
+    rf, lf = ref.get("fuse", {}), lk.get("fuse", {})
+    threads = sorted({k.split(":")[0] for k in [*rf, *lf]}, key=lambda x: -int(x))
+    for th in threads:
+        r = next((v for k, v in rf.items() if k.startswith(th + ":")), None)
+        tlabel = f"{th} thread{'s' if th != '1' else ''}"
+        for strategy in FUSE_STRATEGIES:
+            lv = lf.get(f"{th}:{strategy}") or (lf.get(f"{th}:default") if strategy == FUSE_STRATEGIES[0] else None)
+            if r is None and lv is None:
+                continue
+            default = strategy == FUSE_STRATEGIES[0]
+            label = f"{tlabel}, lorakit fuse_strategy={strategy!r}" + (" (default)" if default else "")
+            rr, ll = (r or {}), (lv or {})
+            ratio = _ratio(rr.get("first_fuse"), ll.get("first_fuse"))
+            row(f"first fuse_lora in a fresh process — kohya rank 32, {label}", rr.get("first_fuse"), ll.get("first_fuse"),
+                ratio, "≥ 1× (stretch 2×)" if default else "", None if ratio is None or not default else ratio >= 1.0)
+            ratio = _ratio(rr.get("first_unfuse"), ll.get("first_unfuse"))
+            row(f"first unfuse_lora after it — {label}", rr.get("first_unfuse"), ll.get("first_unfuse"), ratio,
+                "≥ 5×" if default else "", None if ratio is None or not default else ratio >= 5.0)
+            ratio = _ratio(rr.get("cycle_best"), ll.get("cycle_best"))
+            exact = ll.get("exact")
+            row(f"serving loop: fuse A + unfuse, fuse B + unfuse, … (best cycle) — {label}", rr.get("cycle_best"),
+                ll.get("cycle_best"), ratio, "≥ 2×, bit-exact every cycle" if default else "bit-exact every cycle",
+                None if ratio is None or exact is None else (ratio >= 2.0 or not default) and bool(exact))
+            pr = ll.get("peak_ratio")
+            row(f"peak extra RSS during the first fuse ÷ fused weights' bytes — {label}",
+                "n/a" if r is None else f"{rr['peak_ratio']:.2f}", "n/a" if pr is None else f"{pr:.2f}",
+                None, "≤ 1.1", None if pr is None else pr <= 1.1)
+
+
+def _serving_rows(ref: dict[str, Any], lk: dict[str, Any], row: Callable[..., None]) -> None:
+    """Per-sample batches and the adapter cache (lorakit only; PEFT can only run the prompts one after another)."""
+    lp, rp = lk.get("persample"), ref.get("persample")
+    if lp:
+        n, lat = lp["batch"], lp["latent"]
+        mixed, one = lp.get("per_sample_batch"), lp.get("one_lora_batch")
+        ratio = _ratio(one, mixed)
+        row(f"UNet step, batch {n} with {n} different rank-{lp['rank']} LoRAs (per_sample) vs the batch with 1 LoRA, "
+            f"{lat}×{lat}", "n/a (one adapter set per batch)", f"{_fmt_t(mixed)} vs {_fmt_t(one)}", ratio, "≥ 0.8×",
+            None if ratio is None else ratio >= 0.8)
+        row(f"{n} prompts: {n} one-prompt runs with set_adapters between them ÷ one per_sample batch", _fmt_t(rp and rp.get("serial")),
+            f"{_fmt_t(lp.get('serial'))} ÷ {_fmt_t(mixed)}", _ratio(lp.get("serial"), mixed), "", None)
+        if rp and rp.get("serial") is not None:
+            row(f"{n} prompts: diffusers + PEFT one-prompt runs ÷ lorakit per_sample batch", _fmt_t(rp["serial"]), _fmt_t(mixed),
+                _ratio(rp["serial"], mixed), "", None)
+    lc = lk.get("cache")
+    if lc:
+        row(f"AdapterCache: load on miss (in-memory state dict, {_fmt_b(lc['file_bytes'])} file)", "n/a", lc["load_on_miss_s"],
+            None, "", None)
+        row(f"AdapterCache: RSS growth over {lc['cycles']} ensure/evict cycles ({lc['misses']} loads, {lc['evictions']} evictions)",
+            "n/a", f"{lc['growth'] / MB:+.1f} MB", None, "flat (< 50 MB)", lc["growth"] < 50 * MB)
 
 
 def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -344,6 +419,8 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         row(f"RSS growth over {n} load/unload cycles (smaller model, see setup)", rcycles + fc(rc), fc(lc),
             _ratio(rc and rc["per_cycle_s"], lc and lc["per_cycle_s"]), "< 50 MB" + ("" if n >= 100 else f" (at 100; {n} run)"),
             None if lc is None else lc["growth"] < 50 * MB)
+    _fuse_rows(ref, lk, row)
+    _serving_rows(ref, lk, row)
     agreement_lines = []
     for tool in TOOLS:
         for k, v in sorted(agg[tool]["forward"]["agreement"].items()):
@@ -465,7 +542,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ref-cycles", type=int, default=None,
                     help="cycles for diffusers + PEFT (default 30 in full runs: ~1.7 s/cycle; the target is lorakit's)")
     ap.add_argument("--resident", type=int, default=20, help="resident adapters for set_adapters (default 20)")
-    ap.add_argument("--groups", default="ops,switch,forward,rss,cycles", help="comma-separated subset")
+    ap.add_argument("--groups", default="ops,switch,forward,rss,cycles,fuse,persample,cache", help="comma-separated subset")
+    ap.add_argument("--fuse-threads", default="0,1",
+                    help="thread counts of the fuse group (0: torch's default, what users get; default 0,1)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per process (default 1 on CPU: see the report's setup notes; 0: torch's default)")
     ap.add_argument("--rss-files", default="kohya", help="files for the peak-RSS figure (kohya,locon,diffusers)")
@@ -529,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         main_setup = prepare(size_name, workdir, log)
         cycle_size = "toy" if args.toy else "cycle"
-        cyc_setup = prepare(cycle_size, workdir, log) if "cycles" in groups else None
+        cyc_setup = prepare(cycle_size, workdir, log) if {"cycles", "cache"} & set(groups) else None
         threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
         common = {"device": args.device, "dtype": args.dtype, "threads": threads or None}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {g: {t: [] for t in TOOLS} for g in groups}
@@ -540,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             for group in groups:
                 if group in ONCE and rnd > 0 and not args.repeat_all:
                     continue
-                setup = cyc_setup if group == "cycles" else main_setup
+                setup = cyc_setup if group in ("cycles", "cache") else main_setup
                 variants: list[dict[str, Any]] = [{}]
                 if group == "ops":
                     # PEFT's LoCon fuse/unfuse is the slowest step of the run: LoCon is measured in round 1 only
@@ -548,20 +627,31 @@ def main(argv: list[str] | None = None) -> int:
                     variants = [{"file_order": files}]
                 elif group == "rss":
                     variants = [{"file": f} for f in args.rss_files.split(",")]
+                elif group == "fuse":
+                    variants = [{"threads": int(x) or None} for x in args.fuse_threads.split(",")]
                 for tool in order:
-                    for extra in variants:
+                    if group == "cache" and tool != "lorakit":
+                        continue
+                    tool_variants = variants
+                    if group == "fuse" and tool == "lorakit":
+                        tool_variants = [{**v, "strategy": s} for v in variants for s in FUSE_STRATEGIES]
+                    for extra in tool_variants:
                         n += 1
                         n_cycles = ref_cycles if tool == "peft" else cycles
                         job = {**common, **setup, **extra, "group": group, "tool": tool, "inner": inner if group == "switch" else 1,
                                "resident": resident, "cycles": n_cycles, "passes": passes,
                                "result": os.path.join(workdir, f"result_{n}.json")}
+                        if group == "cache":
+                            job["cycles"] = 50 if args.toy else 200 if args.quick else 1000
+                        if group == "fuse":
+                            job["switches"] = 2 if args.toy else 6
                         if group == "forward":
                             job["save_outputs"] = outputs[tool]
                         t0 = time.perf_counter()
                         res = run_job(job, args.in_process, args.timeout)
                         results[group][tool].append(res)
                         status = "FAILED: " + res["_error"].splitlines()[-1] if "_error" in res else "ok"
-                        log(f"round {rnd + 1}/{repeats} {group:<7} {tool:<7} {' '.join(str(v) for v in extra.values())} "
+                        log(f"round {rnd + 1}/{repeats} {group:<9} {tool:<7} {' '.join(str(v) for v in extra.values())} "
                             f"{time.perf_counter() - t0:6.1f} s  {status}")
         agg = aggregate(results)
         cross = cross_tool(outputs)

@@ -36,7 +36,7 @@ class Tool:
     def load(self, src: str | dict[str, torch.Tensor], name: str) -> None:
         self.pipe.load_lora_weights(src, adapter_name=name)
 
-    def fuse(self, names: list[str]) -> None:
+    def fuse(self, names: list[str], strategy: str | None = None) -> None:
         self.pipe.fuse_lora(adapter_names=names)
 
     def unfuse(self) -> None:
@@ -104,6 +104,10 @@ class LorakitTool(Tool):
             mgr = get_manager(comp, create=False)
             if mgr is not None:
                 mgr.set_unfused_strategy(strategy)
+
+    def fuse(self, names: list[str], strategy: str | None = None) -> None:
+        extra = {} if strategy is None else {"fuse_strategy": strategy}
+        self.pipe.fuse_lora(adapter_names=names, **extra)
 
 
 def make_tool(name: str, pipe: Any) -> Tool:

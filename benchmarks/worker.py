@@ -11,6 +11,13 @@ and where to write the JSON result. Groups:
   unfused output agreement (UNet and text encoder); outputs saved for the cross-tool comparison.
 * ``rss``: peak extra RSS during one cold load from file (``/proc/self/status`` VmHWM reset with ``clear_refs``).
 * ``cycles``: RSS growth over N load/unload cycles.
+* ``fuse``: the first ``fuse_lora`` of a fresh process (the job's thread count and, for lorakit, fuse strategy),
+  its peak extra RSS against the bytes of the fused modules' weights, the first ``unfuse_lora`` (bit-exact check),
+  then the serving loop: fuse A, unfuse, fuse B, unfuse, … (each cycle timed, the originals checked bit for bit
+  after every unfuse).
+* ``persample``: one UNet step for a batch of prompts with a different rank-32 LoRA each (lorakit.per_sample),
+  against the same batch with one LoRA and against one-prompt runs with ``set_adapters`` between them.
+* ``cache``: lorakit.AdapterCache: load-on-miss time and RSS over ensure/evict cycles.
 """
 
 from __future__ import annotations
@@ -311,7 +318,145 @@ def group_cycles(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-GROUPS = {"ops": group_ops, "switch": group_switch, "forward": group_forward, "rss": group_rss, "cycles": group_cycles}
+def _checksums(ctx: Ctx) -> dict[str, tuple[int, int]]:
+    """Per Linear / Conv weight: (sum of its bit patterns, bytes): which weights a fuse changed, with no copy."""
+    out: dict[str, tuple[int, int]] = {}
+    for comp, model in ctx.tool.components().items():
+        for path, m in model.named_modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = m.weight.detach()
+                bits = w.reshape(-1).view(torch.int32 if w.element_size() == 4 else torch.int16)
+                out[f"{comp}.{path}"] = (int(bits.sum(dtype=torch.int64)), w.numel() * w.element_size())
+    return out
+
+
+def group_fuse(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    strategy = ctx.job.get("strategy")
+    path = ctx.files["kohya"]
+    sd = read_dict(path)
+    tool.load(path, "a")
+    tool.load(variant(sd, 1), "b")
+    tool.set_adapters(["a"])
+    before_sums = _checksums(ctx)
+    gc.collect()
+    ok = reset_peak()
+    before = proc_status()
+    first_fuse = t(lambda: tool.fuse(["a"], strategy))
+    peak = proc_status()["VmHWM"] - before["VmRSS"]
+    after_sums = _checksums(ctx)
+    changed = [k for k in before_sums if before_sums[k][0] != after_sums[k][0]]
+    fused_bytes = sum(before_sums[k][1] for k in changed)
+    first_unfuse = t(tool.unfuse)
+    restored = tools.restored_check(tool, ctx.model_dir)
+    # the serving loop: fuse one adapter, unfuse, fuse the other, ...; every cycle checked against the saved originals
+    cycles: list[float] = []
+    exact = bool(restored["identical"])
+    for i in range(ctx.job.get("switches", 6)):
+        name = "ab"[i % 2]
+        tool.set_adapters([name])
+        cycles.append(t(lambda name=name: (tool.fuse([name], strategy), tool.unfuse())))
+        exact = exact and _checksums(ctx) == before_sums  # every weight's bits back (bit-pattern sums)
+    exact = exact and bool(tools.restored_check(tool, ctx.model_dir)["identical"])  # and against the saved files
+    return {
+        "first_fuse": first_fuse,
+        "first_unfuse": first_unfuse,
+        "restored": restored,
+        "peak_extra": peak,
+        "peak_reset_ok": ok,
+        "fused_bytes": fused_bytes,
+        "fused_modules": len(changed),
+        "cycle_best": min(cycles),
+        "cycle_median": sorted(cycles)[len(cycles) // 2],
+        "cycles": cycles,
+        "cycle_exact": exact,
+        "strategy": strategy or "default",
+    }
+
+
+def group_persample(ctx: Ctx) -> dict[str, Any]:
+    t, tool = ctx.timer, ctx.tool
+    n = ctx.job.get("batch", 8)
+    path = ctx.files["kohya"]
+    sd = read_dict(path)
+    names = [f"u{i}" for i in range(n)]
+    for i, name in enumerate(names):
+        tool.load(variant(sd, i), name)
+    latent = ctx.job.get("latent") or max(8, ctx.size.latent // 2)
+    kw = models.unet_inputs(ctx.size, ctx.pipe)
+    kw["sample"] = kw["sample"][..., :latent, :latent].contiguous()
+    batch = {k: (v.expand(n, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) and v.dim() > 1 else v) for k, v in kw.items()}
+    passes = ctx.job.get("passes", 2)
+    out: dict[str, float] = {}
+
+    def keep(key: str, value: float) -> None:
+        out[key] = min(out.get(key, float("inf")), value)
+
+    def fwd(inputs: dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return ctx.pipe.unet(**inputs).sample
+
+    for _ in range(passes):
+        tool.set_adapters([names[0]])
+        fwd(batch)
+        keep("one_lora_batch", t(lambda: fwd(batch)))
+
+        def serial() -> None:
+            for name in names:
+                tool.set_adapters([name])
+                fwd(kw)
+
+        serial()
+        keep("serial", t(serial))
+        if ctx.job["tool"] == "lorakit":
+            import lorakit
+
+            with lorakit.per_sample(ctx.pipe, names):
+                fwd(batch)
+                keep("per_sample_batch", t(lambda: fwd(batch)))
+    return {**out, "batch": n, "latent": latent, "rank": ctx.size.rank}
+
+
+def group_cache(ctx: Ctx) -> dict[str, Any]:
+    import lorakit
+
+    path = ctx.files["kohya"]
+    sd = read_dict(path)
+    sources = {f"u{i}": variant(sd, i) for i in range(3)}
+    cache = lorakit.AdapterCache(ctx.pipe, max_adapters=2)
+    n = ctx.job.get("cycles", 1000)
+    cache.ensure({"u0": sources["u0"], "u1": sources["u1"]})
+    gc.collect()
+    start = proc_status()["VmRSS"]
+    samples = []
+    for i in range(n):
+        name = f"u{i % 3}"
+        cache.ensure({name: sources[name]})
+        if (i + 1) % max(1, n // 4) == 0:
+            gc.collect()
+            samples.append(proc_status()["VmRSS"] - start)
+    return {
+        "cycles": n,
+        "growth": samples[-1] if samples else 0,
+        "samples": samples,
+        "load_on_miss_s": cache.stats.load_seconds / max(1, cache.stats.misses),
+        "hits": cache.stats.hits,
+        "misses": cache.stats.misses,
+        "evictions": cache.stats.evictions,
+        "file_bytes": os.path.getsize(path),
+    }
+
+
+GROUPS = {
+    "ops": group_ops,
+    "switch": group_switch,
+    "forward": group_forward,
+    "rss": group_rss,
+    "cycles": group_cycles,
+    "fuse": group_fuse,
+    "persample": group_persample,
+    "cache": group_cache,
+}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,9 @@ def test_toy_run_writes_a_complete_report(tmp_path, run_module) -> None:
     assert "| figure | diffusers + PEFT | lorakit | ratio | target | met |" in text
     assert "## Errors" not in text, text[text.find("## Errors"):]
     for figure in ("load from file", "load from in-memory dict", "fuse_lora", "unfuse_lora", "set_adapters",
-                   "unload_lora_weights", "UNet forward", "peak extra RSS", "RSS growth"):
+                   "unload_lora_weights", "UNet forward", "peak extra RSS", "RSS growth",
+                   "first fuse_lora in a fresh process", "serving loop", "during the first fuse", "per_sample",
+                   "AdapterCache"):
         assert figure in text, figure
     data = json.loads(raw.read_text())
     agg = data["aggregate"]
@@ -44,8 +46,10 @@ def test_toy_run_writes_a_complete_report(tmp_path, run_module) -> None:
         assert set(agg[tool]["ops"]) == {"kohya", "locon", "diffusers"}
         for fig in agg[tool]["ops"].values():
             assert fig["fuse_changed_weights"]  # the fuse did something
-    # lorakit's unfuse gives the originals back bit for bit
+    # lorakit's unfuse gives the originals back bit for bit, after every serving-loop cycle too, in both strategies
     assert all(f["restored"]["identical"] for f in agg["lorakit"]["ops"].values())
+    assert {k.split(":")[1] for k in agg["lorakit"]["fuse"]} == {"inplace", "copy"}
+    assert all(f["exact"] for f in agg["lorakit"]["fuse"].values())
     # both tools compute the same LoRA: outputs agree to fp32 rounding
     for k, v in data["cross"].items():
         assert v["rel"] < 1e-4, (k, v)
