@@ -162,7 +162,7 @@ def _plan(
     if not folder:
         raise FormatError(
             f"{os.fspath(path)}: the PEFT layout holds one component per adapter_config.json and this adapter has "
-            f"{', '.join(comps)}; give a folder (one sub-folder per component is written) or one component"
+            f"{', '.join(comps)}; give a folder (one sub-folder per component is written) or pass component="
         )
     return [(c, Path(path) / c / PEFT_MODEL_NAME) for c in comps]
 

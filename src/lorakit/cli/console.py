@@ -87,7 +87,7 @@ _CLI_WORDS = (
     ("pass weight_name= or check", "pass --weight-name or check"),
     ("pass family=", "pass --family"),
     ("(private? pass token=)", "(private? log in with `hf auth login` or set HF_TOKEN)"),
-    ("give a folder (one sub-folder per component is written) or one component",
+    ("give a folder (one sub-folder per component is written) or pass component=",
      "give -o a folder (one sub-folder per component is written) or --component NAME"),
     ("write the diffusers or kohya layout instead", "use --to diffusers or --to kohya instead"),
     ("overwrite=True", "--force"),
