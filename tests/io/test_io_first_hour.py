@@ -131,7 +131,8 @@ def test_load_report_public_home(tmp_path: Path, quiet_libraries: None) -> None:
                                                for x in "AB"}
     assert "6/8 keys matched" in report.summary()
     json.dumps(report.to_dict())
-    assert pipe.lora_report("nope") is None
+    with pytest.raises(lorakit.errors.AdapterNotFoundError, match="nope"):
+        pipe.lora_report("nope")
 
 
 # ----------------------------------------------------------------------------------------------- 5: saving

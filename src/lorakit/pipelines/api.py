@@ -128,8 +128,15 @@ def _split_alphas(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], dic
 
 
 def load_report(pipe: Any, adapter_name: str) -> LoadReport | None:
-    """The load report of adapter ``adapter_name`` of an attached pipeline (``None`` when it has none)."""
-    for mgr in ComponentSet(pipe._lorakit_models()).managers().values():
+    """The load report of adapter ``adapter_name`` of an attached pipeline (``None`` for an adapter added through the
+    engine API, which has none).
+
+    Raises:
+        AdapterNotFoundError: the adapter is not loaded.
+    """
+    cset = ComponentSet(pipe._lorakit_models())
+    cset.check_loaded([adapter_name])
+    for mgr in cset.managers().values():
         info = mgr.info.get(adapter_name)
         if info is not None and info.get("report") is not None:
             return info["report"]
