@@ -150,6 +150,9 @@ def _xlabs(g: torch.Generator) -> dict[str, Tensor]:
         for name, (o, n_in) in {"qkv_lora1": (96, 32), "proj_lora1": (32, 32), "qkv_lora2": (96, 32), "proj_lora2": (32, 32)}.items():
             k = f"double_blocks.{i}.processor.{name}"
             sd[f"{k}.down.weight"], sd[f"{k}.up.weight"] = _rand(g, 4, n_in), _rand(g, o, 4)
+        for name, (o, n_in) in {"qkv_lora": (96, 32), "proj_lora": (32, 160)}.items():
+            k = f"single_blocks.{i}.processor.{name}"
+            sd[f"{k}.down.weight"], sd[f"{k}.up.weight"] = _rand(g, 4, n_in), _rand(g, o, 4)
     return sd
 
 
