@@ -260,6 +260,23 @@ def test_save_writes_lycoris_names_that_reload(tmp_path) -> None:
         assert_close(outputs(other, "sd1"), want, TOL)
 
 
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_convert_writes_each_kind_back_and_it_reloads(tmp_path, layout: str) -> None:
+    """``lorakit.convert`` (names resolved against the tiny pipeline): every kind keeps its LyCORIS names (dotted
+    diffusers paths in the diffusers layout) and reloads to LyCORIS' own outputs."""
+    for algo in ALGOS:
+        path, ref, _ = lycoris_file(tmp_path, "sd1", algo)
+        base = fresh("sd1")
+        dst = tmp_path / f"{algo}-{layout}.safetensors"
+        lorakit.convert(str(path), str(dst), to=layout, components={"unet": base.unet, "text_encoder": base.text_encoder})
+        keys = load_file(str(dst))
+        assert all(k.startswith(("lora_unet_", "lora_te_") if layout == "kohya" else ("unet.", "text_encoder.")) for k in keys)
+        pipe = lorakit.attach(fresh("sd1"))
+        pipe.load_lora_weights(str(dst), adapter_name="x")
+        assert not pipe.lora_report("x").skipped
+        assert_close(outputs(pipe, "sd1"), outputs(ref, "sd1"), TOL)
+
+
 # ----------------------------------------------------------------------------------------- kohya networks.oft
 def _kohya_oft(blocks: torch.Tensor, alpha: float, w: torch.Tensor) -> torch.Tensor:
     """kohya networks/oft.py facts, fp64 (see tests/formats/test_kinds_extra.py)."""
