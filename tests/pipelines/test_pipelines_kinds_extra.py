@@ -196,11 +196,6 @@ def test_component_and_block_weights_match_lycoris_multipliers(tmp_path, algo: s
     assert_close(outputs(pipe, "sd1"), want, TOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lorakit.io.validate_state_dict accepts integer tensors only under .alpha keys; (IA)³'s int64 on_input "
-    "needs formats.keys.scalar_key there (io is another helper's; formats reads the flag, see tests/formats)",
-)
 def test_int64_on_input_file_loads_through_the_pipeline(tmp_path) -> None:
     """LyCORIS without a save dtype writes (IA)³'s on_input as int64."""
     path, ref, net = lycoris_file(tmp_path, "sd1", "ia3")

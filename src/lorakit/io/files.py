@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DTypeError, FormatError, SourceNotFoundError, UnsafeFileError, summarize
+from ..formats.keys import scalar_key
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ HeaderShapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def is_alpha_key(key: str) -> bool:
-    """``alpha``, ``<module>.alpha`` or ``<module>_alpha``: a per-module scale, not a weight."""
-    return key == "alpha" or key.endswith(".alpha") or key.endswith("_alpha")
+def is_scalar_key(key: str) -> bool:
+    """A one-value setting, not a weight: an alpha / scale, or a kind's flag such as (IA)³'s ``on_input``
+    (:func:`lorakit.formats.keys.scalar_key`, the kinds' vocabulary), or a ``<module>_alpha``."""
+    return scalar_key(key) or key.endswith("_alpha")
 
 
 def validate_state_dict(state_dict: Mapping[Any, Any], source: str = "<dict>") -> None:
@@ -121,13 +123,14 @@ def validate_state_dict(state_dict: Mapping[Any, Any], source: str = "<dict>") -
             )
         if value.dtype.is_floating_point or value.dtype.is_complex:
             continue
-        if is_alpha_key(key) and value.numel() == 1:
+        if is_scalar_key(key) and value.numel() == 1:
             continue
         if key.startswith("bundle_emb."):  # A1111 embedded textual inversions carry token ids
             continue
         raise DTypeError(
             f"{source}: key {key!r} has dtype {str(value.dtype).replace('torch.', '')} with shape "
-            f"{tuple(value.shape)}; adapter tensors must be floating point (only a single-value .alpha may be an integer)"
+            f"{tuple(value.shape)}; adapter tensors must be floating point (only a single-value alpha or flag may be "
+            "an integer)"
         )
 
 
@@ -326,7 +329,9 @@ def read_header_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tens
         SourceNotFoundError, FormatError: see :func:`read_header`.
     """
     shapes, metadata = read_header(path)
-    alpha_keys = [k for k, (shape, _) in shapes.items() if is_alpha_key(k) and len(shape) <= 1 and (not shape or shape[0] == 1)]
+    alpha_keys = [
+        k for k, (shape, _) in shapes.items() if is_scalar_key(k) and len(shape) <= 1 and (not shape or shape[0] == 1)
+    ]
     alphas = read_tensors(path, alpha_keys) if alpha_keys else {}
     sd = {k: alphas[k] if k in alphas else torch.empty(shape, dtype=dtype, device="meta") for k, (shape, dtype) in shapes.items()}
     peft_sidecar(os.fspath(path), metadata)
