@@ -17,7 +17,7 @@ from .errors import summarize
 COMPONENT_ABSENT = "component absent"
 #: the component exists but has no module of that name
 NO_SUCH_MODULE = "no such module"
-#: an adapter algorithm lorakit cannot apply (OFT, BOFT, IA3, GLoRA, embedded textual inversions)
+#: an adapter algorithm lorakit cannot apply (embedded textual inversions; a kind on a target it cannot split exactly)
 UNSUPPORTED_KIND = "unsupported kind"
 #: the adapter does not fit the module's weight shape (to_canonical raises ShapeMismatchError for these)
 SHAPE_MISMATCH = "shape mismatch"
