@@ -367,30 +367,36 @@ def test_input_axis_dora_on_a_fused_projection_is_reported_not_split() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- text encoders
-def test_kohya_text_encoders_clip_and_t5() -> None:
-    """kohya ``lora_te1_`` (CLIP-L, transformers-4 paths) -> text_encoder; sd-scripts ``lora_te3_`` and OneTrainer
-    ``lora_te2_`` (T5-XXL) -> text_encoder_2, with each module's own alpha."""
+@pytest.mark.parametrize(
+    ("clip", "t5"),
+    [("lora_te1_", "lora_te3_"), ("lora_te1_", "lora_te2_"),
+     ("text_encoders.clip_l.transformer.", "text_encoders.t5xxl.transformer.")],
+    ids=["sd-scripts", "onetrainer", "comfyui"],
+)
+def test_text_encoders_clip_and_t5(clip: str, t5: str) -> None:
+    """kohya ``lora_te1_`` / ComfyUI ``text_encoders.clip_l.transformer.`` (CLIP-L, transformers-4 paths) ->
+    text_encoder; sd-scripts ``lora_te3_``, OneTrainer ``lora_te2_`` and ComfyUI ``text_encoders.t5xxl.`` (T5-XXL)
+    -> text_encoder_2 (SD3 calls T5 text_encoder_3), with each module's own alpha."""
     pipe = _pipe()
     gen = Gen(7)
-    for t5_prefix in ("lora_te3_", "lora_te2_"):
-        sd: dict[str, Tensor] = {}
-        want: dict[str, dict[str, Tensor]] = {"text_encoder": {}, "text_encoder_2": {}, "transformer": {}}
-        for comp, prefix, leaves in (
-            ("text_encoder", "lora_te1_", ("self_attn.q_proj", "self_attn.out_proj", "mlp.fc1")),
-            ("text_encoder_2", t5_prefix, ("SelfAttention.q", "SelfAttention.o", "DenseReluDense.wi_0", "DenseReluDense.wo")),
-        ):
-            model = getattr(pipe, comp)
-            for path, mod in model.named_modules():
-                if not isinstance(mod, nn.Linear) or not path.endswith(leaves):
-                    continue
-                kohya = path if comp == "text_encoder_2" else "text_model." + path.removeprefix("text_model.")
-                key = prefix + kohya.replace(".", "_")
-                d, u, a = gen(2, mod.in_features), gen(mod.out_features, 2), 0.5 + len(path) % 3
-                sd.update({f"{key}.lora_down.weight": d, f"{key}.lora_up.weight": u, f"{key}.alpha": torch.tensor(a, dtype=DT)})
-                want[comp][path] = mod.weight.detach() + a / 2 * (u @ d)
-        name = "double_blocks.0.img_attn.qkv"
-        f = lora_factors(pipe.transformer, [name], gen)
-        sd.update(_write(f, LAYOUTS["kohya"][0], "lora_down.weight", "lora_up.weight", True))
-        want["transformer"] = merged(pipe.transformer, lora_deltas(f))
-        rep = check(sd, want)
-        assert rep.components["text_encoder_2"].matched_modules == 8
+    sd: dict[str, Tensor] = {}
+    want: dict[str, dict[str, Tensor]] = {"text_encoder": {}, "text_encoder_2": {}, "transformer": {}}
+    for comp, prefix, leaves in (
+        ("text_encoder", clip, ("self_attn.q_proj", "self_attn.out_proj", "mlp.fc1")),
+        ("text_encoder_2", t5, ("SelfAttention.q", "SelfAttention.o", "DenseReluDense.wi_0", "DenseReluDense.wo")),
+    ):
+        model = getattr(pipe, comp)
+        for path, mod in model.named_modules():
+            if not isinstance(mod, nn.Linear) or not path.endswith(leaves):
+                continue
+            name = path if comp == "text_encoder_2" else "text_model." + path.removeprefix("text_model.")
+            key = prefix + (name.replace(".", "_") if prefix.startswith("lora_") else name)
+            d, u, a = gen(2, mod.in_features), gen(mod.out_features, 2), 0.5 + len(path) % 3
+            sd.update({f"{key}.lora_down.weight": d, f"{key}.lora_up.weight": u, f"{key}.alpha": torch.tensor(a, dtype=DT)})
+            want[comp][path] = mod.weight.detach() + a / 2 * (u @ d)
+    name = "double_blocks.0.img_attn.qkv"
+    f = lora_factors(pipe.transformer, [name], gen)
+    sd.update(_write(f, LAYOUTS["kohya"][0], "lora_down.weight", "lora_up.weight", True))
+    want["transformer"] = merged(pipe.transformer, lora_deltas(f))
+    rep = check(sd, want)
+    assert rep.components["text_encoder_2"].matched_modules == 8
