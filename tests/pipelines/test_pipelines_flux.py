@@ -64,7 +64,8 @@ def _pipeline(name: str):
 
 FLUX_PIPELINES = ["FluxFillPipeline", "FluxKontextPipeline", "FluxKontextInpaintPipeline", "FluxControlPipeline",
                   "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline", "FluxControlNetPipeline",
-                  "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline"]
+                  "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline", "VisualClozePipeline",
+                  "VisualClozeGenerationPipeline"]
 
 
 @pytest.mark.parametrize("name", FLUX_PIPELINES)

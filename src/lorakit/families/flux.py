@@ -57,7 +57,7 @@ FLUX = Family(
     evidence=Evidence(
         base_model_tags=("flux1*", "flux.1*", "flux_1*", "flux-1*"),
         architectures=("flux-1",),
-        network_modules=("lora_flux", "flux"),
+        network_modules=("flux",),  # sd-scripts networks.lora_flux
         # the first group only Flux has; the second Flux shares with SD3's diffusers names (so both are candidates,
         # and the shapes decide between them)
         key_hints=(
@@ -81,7 +81,6 @@ FLUX = Family(
             "context_embedder",
             "norm1_context",
         ),
-        text_encoder_width=None,
     ),
     # block_0 .. block_18 are the double blocks, block_19 .. block_56 the single blocks (FLUX.1)
     blocks=BlockTable(kind="transformer", block_lists=("transformer_blocks", "single_transformer_blocks")),
