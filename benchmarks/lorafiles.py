@@ -136,12 +136,36 @@ def diffusers_state_dict(size: Size, seed: int, dtype: torch.dtype = torch.float
 
 
 FILES = ("kohya", "locon", "diffusers")
+#: what a Flux LoRA trainer (ai-toolkit, diffusers' script) targets: every attention projection, proj_mlp, proj_out
+FLUX_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "proj_mlp",
+                "proj_out")
+
+
+def flux_state_dict(size: Size, seed: int) -> dict[str, torch.Tensor]:
+    """A diffusers-format Flux LoRA (``transformer.<module>.lora_A/B.weight``, no alpha: scale 1)."""
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**size.unet)
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear) and path.endswith(FLUX_TARGETS) and ("blocks." in path):
+            down, up = _pair(m, size.rank_diffusers, g, torch.float32)
+            sd[f"transformer.{path}.lora_A.weight"] = down.contiguous()
+            sd[f"transformer.{path}.lora_B.weight"] = (up * 0.5).contiguous()
+    return sd
 
 
 def write_files(size: Size, folder: str, seed: int = 1234) -> dict[str, str]:
-    """Write the three benchmark LoRA files of ``size`` under ``folder``; returns {name: path}."""
+    """Write the benchmark LoRA files of ``size`` under ``folder`` (three for the SD sizes, the diffusers-format one
+    for Flux); returns {name: path}."""
     os.makedirs(folder, exist_ok=True)
     out: dict[str, str] = {}
+    if size.family == "flux":
+        path = os.path.join(folder, f"{size.name}_diffusers.safetensors")
+        save_file(flux_state_dict(size, seed), path, metadata={"format": "pt"})
+        return {"diffusers": path}
     models = _meta_models(size)  # the module tree only (meta tensors): built once for the three files
     for name in FILES:
         path = os.path.join(folder, f"{size.name}_{name}.safetensors")

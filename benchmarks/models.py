@@ -72,6 +72,22 @@ def _sd1_unet(channels: tuple[int, ...], cross: int = 768, heads: int = 8, group
     )
 
 
+def _flux(heads: int, double: int = 19, single: int = 38) -> dict[str, Any]:
+    """FLUX.1 [dev]'s transformer config at ``heads`` × 128 wide (the real model: 24 heads, 3072)."""
+    return dict(
+        patch_size=1,
+        in_channels=64,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=128,
+        num_attention_heads=heads,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+
+
 SIZES: dict[str, Size] = {
     "sd15": Size(
         "sd15",
@@ -107,6 +123,27 @@ SIZES: dict[str, Size] = {
         rank=4,
         rank_diffusers=8,
         describe="toy (smoke test): 2-block UNet of width 32/64, 2-layer CLIP of width 32",
+    ),
+    "flux": Size(
+        "flux",
+        "flux",
+        _flux(heads=6),
+        {},
+        rank=16,
+        rank_diffusers=16,
+        describe="FLUX.1 [dev] transformer with the real block count (19 double + 38 single) at a quarter of the width "
+        "(6 × 128 = 768; the real model is 3072 wide, 12 B parameters = 48 GB in fp32: it does not fit this machine's "
+        "24 GB, nor does bf16 beside a second copy); diffusers-format rank-16 LoRA on every attention projection, "
+        "proj_mlp and proj_out",
+    ),
+    "flux-toy": Size(
+        "flux-toy",
+        "flux",
+        {**_flux(heads=1, double=2, single=2), "joint_attention_dim": 32, "pooled_projection_dim": 32},
+        {},
+        rank=4,
+        rank_diffusers=4,
+        describe="toy Flux (smoke test): 2 double + 2 single blocks, 128 wide",
     ),
     "sdxl": Size(
         "sdxl",
@@ -155,10 +192,12 @@ def _fill_(model: nn.Module, seed: int) -> None:
 
 
 def build_unet(size: Size, seed: int = 0) -> nn.Module:
-    from diffusers import UNet2DConditionModel
+    """The size's denoiser (a UNet; Flux's transformer for the Flux sizes), seeded."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
+    cls = FluxTransformer2DModel if size.family == "flux" else UNet2DConditionModel
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**size.unet)
+        unet = cls(**size.unet)
     unet = unet.to_empty(device="cpu")
     _fill_(unet, seed)
     return unet.eval()
@@ -186,8 +225,9 @@ def save_models(size: Size, folder: str, seed: int = 0) -> dict[str, str]:
     """Build and ``save_pretrained`` the UNet and text encoders of ``size`` under ``folder``; returns their paths."""
     out: dict[str, str] = {}
     unet = build_unet(size, seed)
-    out["unet"] = os.path.join(folder, "unet")
-    unet.save_pretrained(out["unet"])
+    den = denoiser(size)
+    out[den] = os.path.join(folder, den)
+    unet.save_pretrained(out[den])
     del unet
     for i, (comp, cfg) in enumerate(size.text_encoders.items()):
         te = build_text_encoder(cfg, seed + 1 + i)
@@ -197,20 +237,29 @@ def save_models(size: Size, folder: str, seed: int = 0) -> dict[str, str]:
     return out
 
 
+def denoiser(size: Size) -> str:
+    return "transformer" if size.family == "flux" else "unet"
+
+
 def load_pipeline(size: Size, folder: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    """The diffusers pipeline of ``size`` with the saved models (tiny VAE and tokenizer: never benchmarked)."""
+    """The diffusers pipeline of ``size`` with the saved models (tiny VAE and tokenizer: never benchmarked; Flux also
+    keeps the tiny text encoders: its benchmark LoRA targets the transformer)."""
     import diffusers
-    from diffusers import UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from lorakit.tiny import tiny_components
 
     comps = tiny_components(size.family)
-    comps["unet"] = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), torch_dtype=dtype).eval()
+    den_cls = FluxTransformer2DModel if size.family == "flux" else UNet2DConditionModel
+    den = denoiser(size)
+    comps[den] = den_cls.from_pretrained(os.path.join(folder, den), torch_dtype=dtype).eval()
     for comp, cfg in size.text_encoders.items():
         cls = CLIPTextModelWithProjection if cfg["with_projection"] else CLIPTextModel
         comps[comp] = cls.from_pretrained(os.path.join(folder, comp), torch_dtype=dtype).eval()
-    cls = diffusers.StableDiffusionXLPipeline if size.family == "sdxl" else diffusers.StableDiffusionPipeline
+    cls = {"sdxl": diffusers.StableDiffusionXLPipeline, "flux": diffusers.FluxPipeline}.get(
+        size.family, diffusers.StableDiffusionPipeline
+    )
     import inspect
 
     accepted = set(inspect.signature(cls.__init__).parameters)

@@ -31,7 +31,11 @@ class Tool:
         """Import what the first load would import lazily (so peak-RSS figures measure the load, not imports)."""
 
     def components(self) -> dict[str, nn.Module]:
-        return {k: v for k, v in self.pipe.components.items() if k in ("unet", "text_encoder", "text_encoder_2")}
+        return {
+            k: v
+            for k, v in self.pipe.components.items()
+            if k in ("unet", "transformer", "text_encoder", "text_encoder_2") and isinstance(v, nn.Module)
+        }
 
     def load(self, src: str | dict[str, torch.Tensor], name: str) -> None:
         self.pipe.load_lora_weights(src, adapter_name=name)
@@ -123,6 +127,8 @@ def restored_check(tool: Tool, model_dir: str, only: str | None = None) -> dict[
     checked = 0
     for comp in tool.components():
         folder = os.path.join(model_dir, comp)
+        if not os.path.isdir(folder):  # a tiny component the benchmark never saved (Flux's text encoders)
+            continue
         files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
         handles = [safe_open(os.path.join(folder, f), "pt") for f in files]
         index = {k: h for h in handles for k in h.keys()}

@@ -137,7 +137,8 @@ def group_ops(ctx: Ctx) -> dict[str, Any]:
             r["load_file"] = min(r["load_file"], t(lambda path=path: tool.load(path, "a")))
             r["fuse"] = min(r["fuse"], t(lambda: tool.fuse(["a"])))
             if i == 0:
-                changed = not tools.restored_check(tool, ctx.model_dir, only="attn1.to_q")["identical"]
+                probe = "attn.to_q" if ctx.size.family == "flux" else "attn1.to_q"
+                changed = not tools.restored_check(tool, ctx.model_dir, only=probe)["identical"]
                 r["fuse_changed_weights"] = changed
             r["unfuse"] = min(r["unfuse"], t(tool.unfuse))
             if i == 0:
