@@ -112,18 +112,14 @@ class _Delta:
 
     def rows(self, r0: int, r1: int, out: Tensor) -> Tensor:
         """``ΔW[r0:r1]`` (fp32) into ``out``."""
-        out.zero_()
-        for a, down, w in self.ops:
-            if down is not None:
-                out.addmm_(a[r0:r1], down, alpha=w)
-            else:
-                out.add_(a[r0:r1], alpha=w)
-        return out
+        return self._add(r0, r1, out.zero_())
 
     def fused_rows(self, base: Tensor, r0: int, r1: int, out: Tensor) -> Tensor:
         """``base + ΔW[r0:r1]`` in fp32 into ``out`` with the copy path's operations (each adapter added straight onto
         the weight, ``addmm`` for low-rank ones), so both paths fuse to the same bits."""
-        out.copy_(base)
+        return self._add(r0, r1, out.copy_(base))
+
+    def _add(self, r0: int, r1: int, out: Tensor) -> Tensor:
         for a, down, w in self.ops:
             if down is not None:
                 out.addmm_(a[r0:r1], down, alpha=w)
