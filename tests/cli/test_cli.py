@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -340,6 +341,27 @@ def test_generate_fused_matches_unfused(capsys: pytest.CaptureFixture[str], tiny
         a = read_png(tmp_path / f"fused-{i}.png").astype(int)
         b = read_png(tmp_path / f"unfused-{i}.png").astype(int)
         assert np.abs(a - b).max() <= 1  # uint8 rounding of fp32 differences
+
+
+def test_generate_threads_and_per_step_time(capsys: pytest.CaptureFixture[str], tiny_sd1: Path, lora_dir: Path,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = torch.get_num_threads()
+    seen: dict[str, int] = {}  # the suite's own thread count stays as it is
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.__setitem__("threads", n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: seen.get("threads", threads))
+    args = ["generate", "--model", str(tiny_sd1), "--lora", str(lora_dir / "style.safetensors"), "--prompt", "a cat",
+            "--steps", STEPS, "--num-images", "2"]
+    code, out, err = run(capsys, *args, "--threads", "1", "-o", str(tmp_path / "one.png"))
+    assert code == 0, err
+    assert seen.pop("threads") == 1
+    # one timed callback per denoising step of the one batched call
+    assert re.search(rf"per step \d+\.\d+ s \(median of {STEPS}; first \d+\.\d+ s, slowest \d+\.\d+ s\), 1 torch "
+                     r"thread\(s\)", out), out
+    code, out, err = run(capsys, *args, "-o", str(tmp_path / "default.png"))
+    assert code == 0, err
+    assert f", {threads} torch thread(s)" in out
+    code, out, err = run(capsys, *args, "--threads", "0", "-o", str(tmp_path / "zero.png"))
+    assert code != 0 and "--threads must be at least 1 (got 0)" in err
 
 
 @pytest.mark.parametrize(

@@ -426,11 +426,41 @@ def _default_guidance(pipe: Any) -> float | None:
 _GENERATOR_LISTS = {"sd1", "sd2", "sdxl", "sd3", "flux"}
 
 
+class _StepClock:
+    """Times denoising steps through the pipeline's ``callback_on_step_end`` (when it has one)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def tick(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+        return callback_kwargs
+
+    def summary(self, n_steps: int, seconds: float) -> str:
+        """``per step …``: the median step and the first one when timed, else the call's time over its steps."""
+        if not self.times:
+            return f"per step {seconds / max(n_steps, 1):.3f} s (average over {n_steps} steps)"
+        ordered = sorted(self.times)
+        median = ordered[len(ordered) // 2]
+        return (f"per step {median:.3f} s (median of {len(self.times)}; first {self.times[0]:.3f} s, "
+                f"slowest {ordered[-1]:.3f} s)")
+
+
 def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     """Load a pipeline and the LoRAs (``--lora`` files and prompt tags), generate, write the images with the
     ``parameters`` text A1111 reads back."""
     if args.steps < 1 or args.num_images < 1:
         raise CliError(f"--steps and --num-images must be at least 1 (got {args.steps} and {args.num_images})")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
     folder = _is_folder_output(args.output)
     prompt, specs = plan_loras(args.prompt or "", args.lora or [], _lora_dirs(args), negative_prompt=args.negative_prompt)
     out = Path(args.output)
@@ -468,6 +498,9 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
         },
         console,
     )
+    steps = _StepClock()
+    if "callback_on_step_end" in pyinspect.signature(pipe.__call__).parameters:
+        kwargs["callback_on_step_end"] = steps.tick
     images: list[Any] = []
     with console.step(f"generated {args.num_images} image(s)") as st:
         for call_seeds in calls:
@@ -475,8 +508,10 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
             kwargs["generator"] = generators if len(generators) > 1 else generators[0]
             if "num_images_per_prompt" in kwargs:
                 kwargs["num_images_per_prompt"] = len(call_seeds)
+            steps.start()
             images += list(pipe(**kwargs).images)
         st["note"] = f"{images[0].size[0]}x{images[0].size[1]}" if images else "no image"
+    console.info(steps.summary(args.steps * len(calls), console.timings[-1][1]) + f", {torch.get_num_threads()} torch thread(s)")
     # what A1111 writes: the prompt as typed with its tags (plus a tag per --lora file the prompt does not name)
     tagged = {s.name for s in specs if not s.origin.startswith("--lora")}
     shown_prompt = " ".join([args.prompt or "", *(_tag(s) for s in specs if s.name not in tagged)]).strip()

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, metavar="WxH", help="image size, e.g. 768x512 (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights before generating (faster)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's); on a busy machine 1 can be much faster for small models")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png|DIR/",
                    help="image file (several images: OUT-1.png, OUT-2.png, …), or a folder (ends in /, exists, or "
                    "has no suffix) that gets lorakit-SEED.png per image")
