@@ -132,6 +132,13 @@ def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             for r in per_tool.get(tool, []):
                 if "_error" in r:
                     a["errors"].append(f"{group}: {r['_error']}")
+        a["memory"] = {}  # per group: the model alone, and the process's lifetime peak (worst round)
+        for group, per_tool in results.items():
+            for r in per_tool.get(tool, []):
+                if "_rss_peak" in r:
+                    m = a["memory"].setdefault(group, {"model": r["_rss_model"], "peak": 0})
+                    m["peak"] = max(m["peak"], r["_rss_peak"])
+                    m["model"] = min(m["model"], r["_rss_model"])
         a["ops"] = _ops([r for r in results.get("ops", {}).get(tool, []) if "_error" not in r])
         a["flux"] = _ops([r for r in results.get("flux", {}).get(tool, []) if "_error" not in r])
         sw = [r for r in results.get("switch", {}).get(tool, []) if "_error" not in r]
@@ -177,6 +184,7 @@ def aggregate(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             if r["fused_bytes"]:
                 d["peak_ratio"] = max(d["peak_ratio"], r["peak_extra"] / r["fused_bytes"])
             d["fused_bytes"] = r["fused_bytes"]
+            d["peak_memory"] = r.get("peak_memory", "rss")
             d["threads"] = r["_threads"]
             d["runs"] += 1
         ps = [r for r in results.get("persample", {}).get(tool, []) if "_error" not in r]
@@ -219,6 +227,8 @@ def _fmt_t(v: float | None) -> str:
 
 
 def _fmt_b(n: float) -> str:
+    if abs(n) >= 1024 ** 3:
+        return f"{n / 1024 ** 3:.2f} GiB"
     if abs(n) >= 10 * MB:
         return f"{n / MB:.0f} MB"
     if abs(n) >= MB:
@@ -266,7 +276,8 @@ def _fuse_rows(ref: dict[str, Any], lk: dict[str, Any], row: Callable[..., None]
                 ll.get("cycle_best"), ratio, "≥ 2×, bit-exact every cycle" if default else "bit-exact every cycle",
                 None if ratio is None or exact is None else (ratio >= 2.0 or not default) and bool(exact))
             pr = ll.get("peak_ratio")
-            row(f"peak extra RSS during the first fuse ÷ fused weights' bytes — {label}",
+            memory = "device memory" if (ll or rr).get("peak_memory") == "device" else "RSS"
+            row(f"peak extra {memory} during the first fuse ÷ fused weights' bytes — {label}",
                 "n/a" if r is None else f"{rr['peak_ratio']:.2f}", "n/a" if pr is None else f"{pr:.2f}",
                 None, "≤ 1.1", None if pr is None else pr <= 1.1)
 
@@ -506,10 +517,51 @@ def build_report(agg: dict[str, Any], cross: dict[str, Any], meta: dict[str, Any
         "tensor ops (load, fuse, set_adapters) for both tools.",
         f"- Command: `{meta['command']}`; wall time {meta['wall_s'] / 60:.1f} min.",
     ]
+    lines += _memory_lines(agg, meta)
     errors = [f"- {LABEL[t]}: {e}" for t in TOOLS for e in agg[t]["errors"]]
     if errors:
         lines += ["", "## Errors", "", *errors]
     return "\n".join(lines) + "\n", verdicts
+
+
+#: the RAM a user of this machine class has; the memory section says which runs fit in it
+FIT_BYTES = 24 * 1024 ** 3
+
+
+def _memory_lines(agg: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Process RSS per group (the pipeline alone, and the lifetime peak) and whether the run fits in 24 GB."""
+    groups = sorted({g for t in TOOLS for g in agg[t].get("memory", {})})
+    if not groups:
+        return []
+    lines = [
+        "",
+        "## Memory: what fits in 24 GiB",
+        "",
+        f"Process RSS of each measurement process ({meta['size_describe']}, {meta['dtype']}): with the pipeline "
+        "loaded and no LoRA, and the peak over the process's life (worst round). One process runs at a time.",
+        "",
+        "| group | diffusers + PEFT: pipeline / peak | lorakit: pipeline / peak | fits in 24 GiB (lorakit) |",
+        "|---|---|---|---|",
+    ]
+    worst = {t: 0 for t in TOOLS}
+    for g in groups:
+        cells = []
+        for t in TOOLS:
+            m = agg[t].get("memory", {}).get(g)
+            cells.append("n/a" if m is None else f"{_fmt_b(m['model'])} / {_fmt_b(m['peak'])}")
+            if m is not None:
+                worst[t] = max(worst[t], m["peak"])
+        lk = agg["lorakit"].get("memory", {}).get(g)
+        fits = "n/a" if lk is None else ("yes" if lk["peak"] <= FIT_BYTES else "**no**")
+        lines.append(f"| {g} | {cells[0]} | {cells[1]} | {fits} |")
+    lines += [
+        "",
+        f"Largest process: diffusers + PEFT {_fmt_b(worst['peft'])}, lorakit {_fmt_b(worst['lorakit'])}; "
+        + ("both fit in 24 GiB." if max(worst.values()) <= FIT_BYTES else
+           f"lorakit {'fits' if worst['lorakit'] <= FIT_BYTES else 'does not fit'} in 24 GiB, diffusers + PEFT "
+           f"{'fits' if worst['peft'] <= FIT_BYTES else 'does not fit'}."),
+    ]
+    return lines
 
 
 def machine_info() -> str:

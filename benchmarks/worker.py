@@ -52,8 +52,19 @@ def proc_status() -> dict[str, int]:
     return out
 
 
+#: the process's peak RSS before the last VmHWM reset (a reset forgets it; the lifetime peak is this or VmHWM)
+_EARLIER_PEAK = 0
+
+
+def lifetime_peak() -> int:
+    """This process's peak RSS over its whole life, across VmHWM resets."""
+    return max(_EARLIER_PEAK, proc_status().get("VmHWM", 0))
+
+
 def reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where not allowed."""
+    global _EARLIER_PEAK
+    _EARLIER_PEAK = lifetime_peak()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -62,13 +73,49 @@ def reset_peak() -> bool:
         return False
 
 
+#: set to 1 to run a ``--device cuda`` job on the CPU (the device check faked): every CUDA-only branch of the harness
+#: (synchronised timing, device-memory peaks, fp16 weights) runs in CI, so a GPU run is one command
+FAKE_CUDA_ENV = "LORAKIT_BENCH_FAKE_CUDA"
+
+
 class Timer:
+    """Times a call on the job's device, and measures the device's memory (CUDA's allocator there; on the CPU the
+    process RSS, which the groups read themselves)."""
+
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
+        self.fake = self.cuda and os.environ.get(FAKE_CUDA_ENV) == "1"
+        if self.cuda and not self.fake and not torch.cuda.is_available():
+            raise SystemExit(f"--device {device}: torch sees no CUDA device (is this the CPU build of torch?)")
+        #: where the models are put (the CPU when the device is faked)
+        self.placement = "cpu" if self.fake else device
+        self.syncs = 0
 
     def sync(self) -> None:
         if self.cuda:
-            torch.cuda.synchronize()
+            self.syncs += 1
+            if not self.fake:
+                torch.cuda.synchronize()
+
+    def memory_mark(self) -> int:
+        """Allocated device bytes now, and the peak counter restarted from here (0 off CUDA)."""
+        if not self.cuda:
+            return 0
+        if self.fake:
+            reset_peak()
+            return proc_status()["VmRSS"]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+
+    def memory_peak(self) -> int:
+        """Peak allocated device bytes since the last ``memory_mark``."""
+        if not self.cuda:
+            return 0
+        if self.fake:
+            return proc_status()["VmHWM"]
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated())
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         self.sync()
@@ -93,7 +140,7 @@ class Ctx:
         self.timer = Timer(self.device)
         self.model_dir = job["model_dir"]
         self.files: dict[str, str] = job["files"]
-        pipe = models.load_pipeline(self.size, self.model_dir, self.device, self.dtype)
+        pipe = models.load_pipeline(self.size, self.model_dir, self.timer.placement, self.dtype)
         tool_cls = {"peft": tools.PeftTool, "lorakit": tools.LorakitTool}[job["tool"]]
         tool_cls.preimport()
         self.tool = tool_cls(pipe)
@@ -341,10 +388,13 @@ def group_fuse(ctx: Ctx) -> dict[str, Any]:
     tool.set_adapters(["a"])
     before_sums = _checksums(ctx)
     gc.collect()
+    device_before = t.memory_mark()
     ok = reset_peak()
     before = proc_status()
     first_fuse = t(lambda: tool.fuse(["a"], strategy))
     peak = proc_status()["VmHWM"] - before["VmRSS"]
+    if t.cuda:  # the fused weights live in device memory: its allocator's peak is the figure (RSS kept beside it)
+        rss_peak, peak = peak, t.memory_peak() - device_before
     after_sums = _checksums(ctx)
     changed = [k for k in before_sums if before_sums[k][0] != after_sums[k][0]]
     fused_bytes = sum(before_sums[k][1] for k in changed)
@@ -364,6 +414,8 @@ def group_fuse(ctx: Ctx) -> dict[str, Any]:
         "first_unfuse": first_unfuse,
         "restored": restored,
         "peak_extra": peak,
+        "peak_memory": "device" if t.cuda else "rss",
+        "peak_rss_extra": rss_peak if t.cuda else peak,
         "peak_reset_ok": ok,
         "fused_bytes": fused_bytes,
         "fused_modules": len(changed),
@@ -468,9 +520,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         ctx = Ctx(job)
+        model_rss = proc_status().get("VmRSS", 0)
         result = GROUPS[job["group"]](ctx)
+        result["_rss_model"] = model_rss  # the process with the pipeline loaded, before any LoRA
+        result["_rss_peak"] = lifetime_peak()
         result["_wall_s"] = time.perf_counter() - t0
         result["_threads"] = torch.get_num_threads()
+        result["_syncs"] = ctx.timer.syncs
         return result
     finally:
         torch.set_num_threads(threads)

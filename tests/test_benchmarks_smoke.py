@@ -38,11 +38,13 @@ def test_toy_run_writes_a_complete_report(tmp_path, run_module) -> None:
     for figure in ("load from file", "load from in-memory dict", "fuse_lora", "unfuse_lora", "set_adapters",
                    "unload_lora_weights", "UNet forward", "peak extra RSS", "RSS growth",
                    "first fuse_lora in a fresh process", "serving loop", "during the first fuse", "per_sample",
-                   "AdapterCache"):
+                   "AdapterCache", "## Memory: what fits in 24 GiB"):
         assert figure in text, figure
     data = json.loads(raw.read_text())
     agg = data["aggregate"]
     for tool in ("peft", "lorakit"):
+        for group, m in agg[tool]["memory"].items():
+            assert 0 < m["model"] <= m["peak"], (tool, group)
         assert set(agg[tool]["ops"]) == {"kohya", "locon", "diffusers"}
         for fig in agg[tool]["ops"].values():
             assert fig["fuse_changed_weights"]  # the fuse did something
@@ -58,3 +60,33 @@ def test_toy_run_writes_a_complete_report(tmp_path, run_module) -> None:
             assert v["rel"] < 1e-4, (k, v)
     assert agg["lorakit"]["forward"]["agreement"]["lora_effect:unet"]["max_abs"] > 0
     assert agg["lorakit"]["forward"]["agreement"]["lora_effect:te"]["max_abs"] > 0
+
+
+def test_cuda_fp16_path_with_the_device_faked(tmp_path, run_module, monkeypatch) -> None:
+    """``--device cuda --dtype fp16`` end to end on the CPU: synchronised timing, the allocator's peak as the fuse
+    memory figure, fp16 weights restored bit for bit; on a GPU machine the same command measures for real."""
+    pytest.importorskip("peft")
+    monkeypatch.syspath_prepend(BENCH)
+    import worker
+
+    monkeypatch.setenv(worker.FAKE_CUDA_ENV, "1")
+    out, raw = tmp_path / "gpu.md", tmp_path / "raw.json"
+    argv = [
+        "--toy", "--in-process", "--device", "cuda", "--dtype", "fp16", "--groups", "ops,fuse", "--fuse-threads", "0",
+        "--workdir", str(tmp_path / "work"), "--out", str(out), "--json", str(raw), "--repeats", "1",
+    ]
+    assert run_module.main(argv) == 0
+    text = out.read_text()
+    assert "## Errors" not in text, text[text.find("## Errors"):]
+    assert "fp16 on cuda" in text
+    assert "peak extra device memory during the first fuse" in text
+    data = json.loads(raw.read_text())
+    for group in ("ops", "fuse"):
+        for tool in ("peft", "lorakit"):
+            for r in data["results"][group][tool]:
+                assert r["_syncs"] > 0, (group, tool)  # every timed call synchronised with the device
+    agg = data["aggregate"]
+    assert all(f["restored"]["identical"] for f in agg["lorakit"]["ops"].values())
+    assert all(f["exact"] and f["peak_memory"] == "device" for f in agg["lorakit"]["fuse"].values())
+    for fig in agg["lorakit"]["ops"].values():
+        assert fig["fuse_changed_weights"]
