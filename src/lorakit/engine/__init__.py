@@ -3,7 +3,7 @@
 
 from .apply import SUPPORTED_MODULES, check_kind_fits, is_supported
 from .manager import AdapterManager, FusePlan, check_name, get_manager, resolve_device
-from .weights import Weight, as_number, as_weight
+from .weights import Weight, as_number, as_weight, is_scalar
 
 __all__ = [
     "SUPPORTED_MODULES",
@@ -15,6 +15,7 @@ __all__ = [
     "check_kind_fits",
     "check_name",
     "get_manager",
+    "is_scalar",
     "is_supported",
     "resolve_device",
 ]

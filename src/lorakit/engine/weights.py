@@ -11,6 +11,7 @@ import math
 import numbers
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..errors import AdapterWeightError
@@ -22,9 +23,11 @@ Weight = float | Callable[[str], float]
 def as_number(value: object, where: str) -> float:
     """``value`` as a finite float, else :class:`AdapterWeightError` naming ``where``.
 
-    Accepts Python and numpy real scalars and one-element real tensors; refuses bools, complex numbers, strings,
-    NaN and Inf.
+    Accepts Python and numpy real scalars, 0-d numpy arrays and one-element real tensors; refuses bools, complex
+    numbers, strings, NaN and Inf.
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool or value.device.type == "meta":
             raise AdapterWeightError(f"{where}: expected a real number, got a tensor of shape {tuple(value.shape)}")
@@ -38,9 +41,14 @@ def as_number(value: object, where: str) -> float:
     return out
 
 
+def is_scalar(value: object) -> bool:
+    """Whether ``value`` is given as one number (what :func:`as_number` reads), not a dict, list or function."""
+    return isinstance(value, (numbers.Real, torch.Tensor)) or (isinstance(value, np.ndarray) and value.ndim == 0)
+
+
 def as_weight(value: object, where: str) -> Weight:
     """A number (see :func:`as_number`) or a per-module function, as the manager stores weights."""
-    if callable(value) and not isinstance(value, (numbers.Real, torch.Tensor)):
+    if callable(value) and not is_scalar(value):
         return value
     return as_number(value, where)
 

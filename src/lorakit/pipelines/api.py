@@ -581,7 +581,8 @@ class LoraBaseMixin:
         self._lorakit_set().delete(_names(adapter_names))
 
     def get_active_adapters(self) -> list[str]:
-        """Gets the list of the current active adapters (in load order, over all components)."""
+        """Gets the list of the current active adapters over all components (each component in its
+        ``set_adapters`` order, the denoiser first)."""
         return self._lorakit_set().active()
 
     def get_list_adapters(self) -> dict[str, list[str]]:

@@ -22,16 +22,14 @@ SD3 transformer: ``{"block_0": 0.5, "block_3": 0.0}`` (or integer keys, or a lis
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from .. import families
-from ..engine import as_number
+from ..engine import as_number, is_scalar
 from ..errors import AdapterWeightError, KeyMismatchError, did_you_mean, summarize
 from ..families import BlockTable
 
@@ -205,7 +203,7 @@ def expand_block_weights(spec: BlockSpec, model: nn.Module, component: str = "")
         >>> fn("up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_q")  # doctest: +SKIP
         0.25
     """
-    if isinstance(spec, (numbers.Real, torch.Tensor)):
+    if is_scalar(spec):
         return as_number(spec, f"{component or 'adapter'} weight")
     t = table_for(model)
     if t is None:
