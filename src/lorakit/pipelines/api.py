@@ -472,10 +472,11 @@ class LoraBaseMixin:
             lora_scale: multiplies each adapter's ``set_adapters`` weight (a finite number).
             safe_fusing: refuse NaN/Inf fused weights (raises :class:`~lorakit.errors.NonFiniteError`).
             adapter_names: adapters to fuse (default: the active ones).
-            **kwargs: lorakit's ``fuse_strategy="inplace"`` (default: the fused values go into the weights' own
-                storage; no extra memory; unfuse recomputes the deltas and restores the exact bits) or ``"copy"``
-                (new tensors, the originals kept: unfuse, disable and enable are O(1), at one copy of the fused
-                weights in memory). Both give the same fused weights and the original bits back.
+            **kwargs: lorakit's ``fuse_strategy="copy"`` (default: new tensors, the originals kept: unfuse, disable
+                and enable are O(1), at one copy of the fused weights in memory) or ``"inplace"`` (the fused values
+                go into the weights' own storage, about half that extra memory; unfuse recomputes the deltas and
+                restores the exact bits, so both are slower). Both give the same fused weights and the original bits
+                back.
         """
         comps = self._lorakit_components(components)
         scale = as_number(lora_scale, "lora_scale")
