@@ -100,7 +100,7 @@ def test_safe_fuse_with_a_non_finite_delta_changes_nothing() -> None:
     mgr = AdapterManager(model)
     mgr.add_adapter("bad", {"0": bad})
     with pytest.raises(NonFiniteError):
-        mgr.fuse(safe_fusing=True)
+        mgr.fuse(safe_fusing=True, strategy="inplace")
     assert torch.equal(_bits(model[0].weight), _bits(w0)) and mgr.fused == {}
 
 
@@ -126,6 +126,14 @@ def test_manager_cycles_are_exact_and_agree(strategy: str) -> None:
         assert all(torch.equal(_bits(p), _bits(o)) for p, o in zip(model.parameters(), originals))
 
 
+def test_the_default_strategy_is_copy() -> None:
+    model = nn.Sequential(nn.Linear(16, 8)).requires_grad_(False)
+    mgr = AdapterManager(model)
+    mgr.add_adapter("l", {"0": _lora(model[0].weight.shape, 2, 0.2, 3)})
+    mgr.fuse()
+    assert mgr.fuse_strategy == "copy" and mgr.slots["0"].inplace is None and mgr.slots["0"].original is not None
+
+
 def test_inplace_and_copy_fuse_to_the_same_bits() -> None:
     def fused(strategy: str) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -146,7 +154,7 @@ def test_weight_dependent_kinds_fuse_by_copy() -> None:
     assert not can_fuse_inplace(model[0], [(dora, 1.0)])
     mgr = AdapterManager(model)
     mgr.add_adapter("d", {"0": dora})
-    mgr.fuse()
+    mgr.fuse(strategy="inplace")
     slot = mgr.slots["0"]
     assert slot.inplace is None and slot.original is not None
     mgr.unfuse()
@@ -162,6 +170,7 @@ def test_a_dense_unfused_adapter_beside_an_in_place_fuse_sees_the_original() -> 
     mgr = AdapterManager(model)
     mgr.add_adapter("l", {"0": lora})
     mgr.add_adapter("d", {"0": dora})
+    mgr.set_fuse_strategy("inplace")
     mgr.fuse(["l"])
     assert mgr.slots["0"].inplace is not None
     x = torch.randn(3, 16)
