@@ -548,7 +548,7 @@ class Fuse(Step):
     components: tuple[str, ...]
     lora_scale: float
     adapter_names: tuple[str, ...] | None
-    #: lorakit's fuse_strategy ("copy"; None: the default, in place): the same weights either way
+    #: lorakit's fuse_strategy ("inplace"; None: the default, copy): the same weights either way
     strategy: str | None = None
     op = "fuse"
 
@@ -781,7 +781,7 @@ class Generator:
         if op == "fuse":
             fcomps = [] if rng.random() < 0.5 else self._subset(comps)
             names = None if rng.random() < 0.6 else tuple(self._subset(loaded))
-            return Fuse(tuple(fcomps), rng.choice(LORA_SCALES), names, "copy" if rng.random() < 0.35 else None)
+            return Fuse(tuple(fcomps), rng.choice(LORA_SCALES), names, "inplace" if rng.random() < 0.35 else None)
         if op == "unfuse":
             return Unfuse(tuple([] if rng.random() < 0.6 else self._subset(comps)))
         if op == "delete":
