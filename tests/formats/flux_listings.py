@@ -9,6 +9,9 @@ OneTrainer ``dora_scale`` (1, in), Control LoRA ``lora_B.bias`` (out,), q/k norm
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 Shape = tuple[int, ...]
 
 #: layout name -> where the listing comes from
@@ -951,3 +954,26 @@ LAYOUTS: dict[str, dict[str, Shape]] = {
         "transformer.single_blocks.37.linear1.3.lora_up.weight": (12288, 16),
     },
 }
+
+
+def real_models() -> dict[str, nn.Module]:
+    """FLUX.1 [dev] at real size on the meta device: transformer, CLIP-L, T5 v1.1 XXL."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        return {  # black-forest-labs/FLUX.1-dev: transformer, text_encoder (CLIP-L), text_encoder_2 (T5 v1.1 XXL)
+            "transformer": FluxTransformer2DModel(
+                patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56),
+            ),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu",
+            )),
+            "text_encoder_2": T5EncoderModel(T5Config(
+                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu",
+            )),
+        }

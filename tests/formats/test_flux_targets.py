@@ -239,25 +239,7 @@ def test_single_block_and_final_layer_match_bfl(tiny: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------------ real size
 @pytest.fixture(scope="module")
 def real() -> dict[str, nn.Module]:
-    from diffusers import FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    with torch.device("meta"):
-        return {  # FLUX.1 [dev], CLIP ViT-L/14 text tower, T5 v1.1 XXL encoder
-            "transformer": FluxTransformer2DModel(
-                patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56),
-            ),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(
-                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu",
-            )),
-            "text_encoder_2": T5EncoderModel(T5Config(
-                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                feed_forward_proj="gated-gelu",
-            )),
-        }
+    return FL.real_models()
 
 
 # (prefix, component, spelling): the file's module-name prefixes, written from the producers' conventions
